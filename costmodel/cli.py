@@ -1,0 +1,180 @@
+"""`costmodel`: capture a model as a diagram and price it on a target.
+
+    costmodel predict --model bert-large --batch 8 --seq 512 --target h100 [--json]
+    costmodel diagram --model gpt2 --json
+    costmodel targets
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from costmodel.capture import TORCH_DTYPES
+from costmodel.errors import UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a usage error on one line (exit 2), as every feyntune error does."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_workload_args(p: argparse.ArgumentParser, *, model_default: str | None = None) -> None:
+    """--model, --batch, --seq, --dtype: what to capture."""
+    p.add_argument("--model", required=model_default is None, default=model_default,
+                   help="zoo name (bert-base, bert-large, gpt2, gpt2-large, opt-1.3b, scgpt) "
+                        "or a path to a Hugging Face config.json")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
+    p.add_argument("--seq", type=positive_int, default=128, help="sequence length (default 128)")
+    p.add_argument("--dtype", default="fp32", choices=tuple(TORCH_DTYPES),
+                   help="compute dtype (default fp32; tf32 runs fp32 matmuls on tensor cores)")
+
+
+def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
+    """Run a command, turning user errors into one line on stderr and exit status 2."""
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse: usage errors and --help
+        return e.code if isinstance(e.code, int) else 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="costmodel", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    p = sub.add_parser("predict", help="price a model on a target")
+    add_workload_args(p)
+    p.add_argument("--target", required=True, help="hardware target, e.g. a100, h100, t4, cpu")
+    p.add_argument("--plan", default="eager", help="eager (one kernel per op) or a plan.json")
+    p.add_argument("--cost-model", default="roofline", help="roofline, or a saved model file")
+    p.add_argument("--top", type=positive_int, default=10, help="kernels to list (text output)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("diagram", help="print the captured diagram")
+    add_workload_args(p)
+    p.add_argument("--json", action="store_true", help="print the whole diagram as JSON")
+
+    sub.add_parser("targets", help="list hardware targets")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "targets":
+        return _targets()
+    # Heavy imports wait until the arguments are known to be good.
+    from costmodel.zoo import capture_model
+
+    if args.command == "predict":
+        from costmodel.cost import load_cost_model
+        from costmodel.hardware import load_profile
+
+        hw = load_profile(args.target)  # a bad target fails before the capture
+        cost_model = load_cost_model(args.cost_model)
+        plan, plan_doc = _plan(args.plan)
+        diagram = capture_model(args.model, args.batch, args.seq, args.dtype)
+        if plan_doc and plan_doc.get("diagram_hash") not in (None, diagram.hash):
+            raise UserError(f"plan {args.plan} was made for diagram {plan_doc['diagram_hash']}, "
+                            f"not this one ({diagram.hash}); use the same model, batch, seq, dtype")
+        try:
+            priced = cost_model.predict_plan(diagram, hw, plan)
+        except ValueError as e:
+            raise UserError(f"plan {args.plan} does not apply to {args.model}: {e}") from None
+        result = prediction_dict(priced, diagram, args)
+        print(json.dumps(result, indent=1) if args.json else _prediction_text(result, args.top))
+        return 0
+
+    diagram = capture_model(args.model, args.batch, args.seq, args.dtype)
+    if args.json:
+        print(diagram.to_json())
+    else:
+        kinds: dict[str, int] = {}
+        for v in diagram.vertices:
+            kinds[v.kind] = kinds.get(v.kind, 0) + 1
+        print(f"{diagram.name}: {len(diagram.vertices)} vertices, {len(diagram.propagators)} "
+              f"propagators, {diagram.flops / 1e9:.2f} GFLOP, hash {diagram.hash}")
+        print("  " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items(), key=lambda x: -x[1])))
+        masks = sorted({v.mask_kind for v in diagram.vertices if v.mask_kind})
+        print(f"  attention masks: {', '.join(masks) or 'no attention'}")
+    return 0
+
+
+def _plan(spec: str):
+    from costmodel.plan import Plan, load_plan_file
+
+    if spec == "eager":
+        return Plan(), None
+    return load_plan_file(spec)
+
+
+def prediction_dict(priced, diagram, args) -> dict:
+    """The JSON contract of `costmodel predict --json`."""
+    return {
+        "model": diagram.name,
+        "target": priced.target,
+        "batch": args.batch,
+        "seq": args.seq,
+        "dtype": args.dtype,
+        "plan": args.plan,
+        "cost_model": priced.cost_model,
+        "diagram_hash": diagram.hash,
+        "total_ms": priced.total_ms,
+        "kernels": len(priced.kernels),
+        "subdiagrams": [
+            {**k.subdiagram.to_dict(), "predicted_ms": k.ms,
+             "config": None if k.config is None else vars(k.config)}
+            for k in priced.kernels
+        ],
+    }
+
+
+def _prediction_text(result: dict, top: int) -> str:
+    lines = [f"{result['model']} batch {result['batch']} seq {result['seq']} {result['dtype']} on "
+             f"{result['target']} ({result['plan']} plan, {result['cost_model']}): "
+             f"{result['total_ms']:.3f} ms over {result['kernels']} kernels",
+             f"{'kernel':<44} {'ops':<24} {'ms':>10} {'share':>7}"]
+    costliest = sorted(result["subdiagrams"], key=lambda s: -s["predicted_ms"])[:top]
+    for s in costliest:
+        lines.append(f"{s['name'][:44]:<44} {'+'.join(s['ops'])[:24]:<24} "
+                     f"{s['predicted_ms']:>10.4f} {s['predicted_ms'] / result['total_ms']:>7.1%}")
+    return "\n".join(lines)
+
+
+def _targets() -> int:
+    from costmodel.hardware import detect_gpu, list_profiles, load_profile
+
+    present = detect_gpu()
+    print(f"{'target':<18} {'kind':<5} {'aliases':<10} {'dtypes':<22} {'TB/s':>6}  name")
+    for name in list_profiles():
+        hw = load_profile(name)
+        mark = "  (present)" if name == present or name == "cpu" else ""
+        print(f"{hw.name:<18} {hw.kind:<5} {','.join(hw.aliases):<10} {','.join(hw.dtypes):<22} "
+              f"{hw.memory_bandwidth / 1e12:>6.2f}  {hw.display_name}{mark}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

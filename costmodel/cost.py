@@ -1,0 +1,215 @@
+"""Cost models: price kernels (subdiagrams with a kernel config) on a hardware target, in ms.
+
+`CostModel` is the plug-in point: `predict / update / save / load` (the TVM meta_schedule life
+cycle). `Roofline` is the analytical baseline every learned model is compared against.
+"""
+from __future__ import annotations
+
+import abc
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from costmodel.diagram import Diagram, Subdiagram, Vertex
+from costmodel.errors import UserError, unknown_choice
+from costmodel.hardware import HardwareProfile, load_profile
+from costmodel.plan import KernelConfig, Plan
+
+# Tiles the vendor library is modelled as choosing from (the ones cuBLAS picked most often in
+# NeuSight's A100/V100/T4 kernel measurements: ampere_sgemm_128x128, 128x64, 64x64, 128x32, ...).
+LIBRARY_TILES = tuple(KernelConfig(m, n, 32, 4, 2) for m, n in
+                      ((128, 128), (128, 64), (64, 128), (64, 64), (128, 32), (32, 128), (32, 32)))
+
+
+@dataclass(frozen=True)
+class KernelCost:
+    subdiagram: Subdiagram
+    config: KernelConfig | None
+    ms: float
+
+
+@dataclass(frozen=True)
+class PlanCost:
+    """The price of a plan: one entry per kernel, and their sum in milliseconds."""
+
+    target: str
+    cost_model: str
+    kernels: tuple[KernelCost, ...]
+
+    @property
+    def total_ms(self) -> float:
+        return float(sum(k.ms for k in self.kernels))
+
+
+class CostModel(abc.ABC):
+    """Predicts kernel runtimes on a target.
+
+    Invariants every implementation keeps (tests/costmodel/test_cost.py checks them):
+    - `predict` returns a float64 array with one finite, positive time in milliseconds per
+      subdiagram, in the order given; it changes no state, so equal inputs give equal outputs;
+    - `configs`, when given, has one entry per subdiagram (None: the library's own choice);
+    - `save` then `load` gives a model with equal predictions.
+    """
+
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    def predict(self, subdiagrams: Sequence[Subdiagram], target: HardwareProfile | str,
+                configs: Sequence[KernelConfig | None] | None = None) -> np.ndarray:
+        """Milliseconds per subdiagram."""
+
+    def update(self, examples: Sequence) -> None:
+        """Learn from measured (subdiagram, target, config, ms) examples."""
+        raise NotImplementedError(f"the {self.name} cost model does not learn")
+
+    @abc.abstractmethod
+    def save(self, path: str | Path) -> None: ...
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, path: str | Path) -> CostModel: ...
+
+    def predict_plan(self, diagram: Diagram, target: HardwareProfile | str,
+                     plan: Plan | None = None) -> PlanCost:
+        """Price `plan` (default: eager, one kernel per op) on `target`."""
+        hw = load_profile(target) if isinstance(target, str) else target
+        kernels = (plan or Plan()).kernels(diagram)
+        ms = self.predict([k.subdiagram for k in kernels], hw, [k.config for k in kernels])
+        return PlanCost(hw.name, self.name, tuple(
+            KernelCost(k.subdiagram, k.config, float(t)) for k, t in zip(kernels, ms)))
+
+
+class Roofline(CostModel):
+    """time = max(compute time, memory time) + launch overhead, per kernel.
+
+    - compute time: each vertex's FLOPs over its peak: the target's matrix peak for its dtype
+      (tensor cores where the chip has them) for matmul and attention, the FP32 vector peak for
+      everything else; measured (calibrated) figures replace the listed peaks where the profile
+      has them (the host CPU).
+    - memory time: bytes the kernel reads and writes at its boundary over memory bandwidth;
+      tensors passed between the members of a fused kernel never touch memory.
+      Where a profile lists no vector peak (TPUs), non-matrix ops are priced by memory alone.
+    - launch overhead: the profile's per-kernel figure (an assumption, not a measurement).
+    - GPU matmuls pay for tile padding and wave quantisation: with BLOCK_M x BLOCK_N tiles,
+      ceil(M/BM)*ceil(N/BN)*split_k blocks spread over the SMs, and time goes as the most
+      blocks any SM runs (a part-empty last wave still costs a wave). With no config the library is modelled as picking the best
+      of LIBRARY_TILES. Split-K adds a write and read of fp32 partial sums.
+    It knows nothing of caches, kernel quality or dispatch gaps between kernels: a lower bound
+    in spirit, the baseline the learned model must beat.
+    """
+
+    name = "roofline"
+
+    def predict(self, subdiagrams: Sequence[Subdiagram], target: HardwareProfile | str,
+                configs: Sequence[KernelConfig | None] | None = None) -> np.ndarray:
+        hw = load_profile(target) if isinstance(target, str) else target
+        configs = list(configs) if configs is not None else [None] * len(subdiagrams)
+        if len(configs) != len(subdiagrams):
+            raise ValueError(f"{len(configs)} configs for {len(subdiagrams)} subdiagrams")
+        return np.array([self.kernel_seconds(s, hw, c) * 1e3 for s, c in zip(subdiagrams, configs)],
+                        dtype=np.float64)
+
+    def kernel_seconds(self, sub: Subdiagram, hw: HardwareProfile,
+                       config: KernelConfig | None = None) -> float:
+        """Seconds for one kernel (see the class docstring)."""
+        compute, memory = self.terms(sub, hw, config)
+        return max(compute, memory) + hw.launch_overhead_s
+
+    def terms(self, sub: Subdiagram, hw: HardwareProfile,
+              config: KernelConfig | None = None) -> tuple[float, float]:
+        """(compute seconds, memory seconds) of one kernel, before launch overhead."""
+        compute, extra_bytes = 0.0, 0
+        for v in sub.vertices:
+            if v.kind == "matmul" and hw.kind == "gpu":
+                seconds, extra = self._gemm(v, hw, config)
+                compute += seconds
+                extra_bytes += extra
+            else:
+                compute += v.flops / peak_flops(hw, v)
+        memory = (sub.bytes_read + sub.bytes_written + extra_bytes) / bandwidth(hw)
+        return compute, memory
+
+    def _gemm(self, v: Vertex, hw: HardwareProfile, config: KernelConfig | None) -> tuple[float, int]:
+        if config is None:
+            return min(self._gemm(v, hw, c) for c in LIBRARY_TILES)
+        batch, m, n, k = v.gemm_shape()
+        efficiency = tile_efficiency(batch, m, n, config, hw, element_bytes=_element_bytes(v))
+        extra = 2 * config.split_k * batch * m * n * 4 if config.split_k > 1 else 0
+        return v.flops / (peak_flops(hw, v) * efficiency), extra
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"cost_model": "roofline", "version": 1}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Roofline:
+        doc = json.loads(Path(path).read_text())
+        if doc.get("cost_model") != "roofline":
+            raise ValueError(f"{path} holds a {doc.get('cost_model')!r} model, not a roofline")
+        return cls()
+
+
+def _element_bytes(v: Vertex) -> int:
+    return 4 if v.dtype in ("fp32", "tf32") else 2
+
+
+def blocks_per_sm(config: KernelConfig, hw: HardwareProfile, element_bytes: int) -> int:
+    """Resident blocks per SM under the thread and shared-memory limits; 0 when it cannot launch."""
+    threads = config.num_warps * 32
+    by_threads = (hw.max_threads_per_unit or 2048) // threads
+    smem = config.smem_bytes(element_bytes)
+    by_smem = (hw.shared_memory_per_unit or 48 * 1024) // smem if smem else by_threads
+    return max(0, min(by_threads, by_smem, 32))
+
+
+def tile_efficiency(batch: int, m: int, n: int, config: KernelConfig, hw: HardwareProfile,
+                    element_bytes: int) -> float:
+    """Useful fraction of the machine's issued work: tile padding times wave quantisation."""
+    tiles_m, tiles_n = math.ceil(m / config.block_m), math.ceil(n / config.block_n)
+    padding = (m * n) / (tiles_m * config.block_m * tiles_n * config.block_n)
+    if blocks_per_sm(config, hw, element_bytes) == 0:
+        raise ValueError(f"{config} does not fit on {hw.name}: it needs "
+                         f"{config.smem_bytes(element_bytes)} bytes of shared memory per block")
+    # Blocks spread over SMs; co-resident blocks share an SM's throughput, so time goes as the
+    # most blocks any SM runs: ceil(blocks / SMs).
+    blocks = batch * tiles_m * tiles_n * config.split_k
+    quantisation = blocks / (math.ceil(blocks / hw.compute_units) * hw.compute_units)
+    return max(padding * quantisation, 1e-6)
+
+
+def peak_flops(hw: HardwareProfile, v: Vertex) -> float:
+    """FLOP/s a vertex can reach: the matrix peak for matmul and attention, the vector peak else."""
+    calibrated = dict(hw.calibration)
+    if v.kind in ("matmul", "attention") and v.dtype in ("fp32", "tf32", "fp16", "bf16"):
+        return calibrated.get(f"{v.dtype}_flops") or hw.peak(v.dtype)
+    # No published vector peak (TPUs): price the op by its memory traffic alone.
+    return calibrated.get("fp32_flops") or hw.vector_flops or math.inf
+
+
+def bandwidth(hw: HardwareProfile) -> float:
+    """Bytes/s: the calibrated figure where the profile has one, else the listed peak."""
+    return dict(hw.calibration).get("memory_bandwidth") or hw.memory_bandwidth
+
+
+COST_MODELS = {"roofline": Roofline}
+
+
+def load_cost_model(spec: str | CostModel = "roofline") -> CostModel:
+    """A cost model from a name ("roofline"), a saved file, or an instance."""
+    if isinstance(spec, CostModel):
+        return spec
+    if spec in COST_MODELS:
+        return COST_MODELS[spec]()
+    path = Path(spec)
+    if path.is_file():
+        try:
+            kind = json.loads(path.read_text()).get("cost_model")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            raise UserError(f"cost model file {spec!r} is not a saved feyntune cost model") from None
+        if kind not in COST_MODELS:
+            raise unknown_choice("cost model kind", kind, COST_MODELS)
+        return COST_MODELS[kind].load(path)
+    raise unknown_choice("cost model", spec, [*COST_MODELS, "PATH"])

@@ -1,0 +1,189 @@
+"""Named models, Hugging Face configs, and our scGPT-style model, captured as diagrams.
+
+Nothing here allocates weights or touches the network: models are built on the meta device
+from configs (Hugging Face configs are plain JSON; `HF_HUB_OFFLINE=1` is set before import).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from costmodel.capture import TORCH_DTYPES, capture_module
+from costmodel.diagram import Diagram
+from costmodel.errors import UserError, unknown_choice
+
+# Hugging Face zoo entries: the architectures NeuSight measured (BERT as a 2-way sequence
+# classifier, GPT-2 and OPT with their LM head), at the published sizes.
+HF_ZOO: dict[str, dict] = {
+    "bert-base": {"architectures": ["BertForSequenceClassification"], "model_type": "bert",
+                  "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                  "intermediate_size": 3072, "vocab_size": 30522, "max_position_embeddings": 512},
+    "bert-large": {"architectures": ["BertForSequenceClassification"], "model_type": "bert",
+                   "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                   "intermediate_size": 4096, "vocab_size": 30522, "max_position_embeddings": 512},
+    "gpt2": {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 768,
+             "n_layer": 12, "n_head": 12, "vocab_size": 50257, "n_positions": 1024},
+    "gpt2-large": {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 1280,
+                   "n_layer": 36, "n_head": 20, "vocab_size": 50257, "n_positions": 1024},
+    "opt-1.3b": {"architectures": ["OPTForCausalLM"], "model_type": "opt", "hidden_size": 2048,
+                 "num_hidden_layers": 24, "num_attention_heads": 32, "ffn_dim": 8192,
+                 "vocab_size": 50272, "max_position_embeddings": 2048,
+                 "word_embed_proj_dim": 2048, "do_layer_norm_before": True},
+}
+ZOO_NAMES = (*HF_ZOO, "scgpt")
+
+
+@dataclass(frozen=True)
+class ScGPTConfig:
+    """Sizes from the scGPT paper (Cui et al., 2024): d=512, 8 heads, 12 layers, d_hid 512."""
+
+    n_genes: int = 60697  # the whole-human gene vocabulary of the released scGPT checkpoints
+    d_model: int = 512
+    n_heads: int = 8
+    n_layers: int = 12
+    d_ff: int = 512  # scGPT's feed-forward width equals d_model
+    n_query: int | None = None  # unknown genes to predict; None: a quarter of the sequence
+
+
+class _ScGPTLayer(nn.Module):
+    """Post-norm transformer layer whose attention takes an explicit boolean mask."""
+
+    def __init__(self, cfg: ScGPTConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.ff1 = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.ff2 = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.norm2 = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        x = self.norm1(x + self.out(y))
+        return self.norm2(x + self.ff2(F.relu(self.ff1(x))))
+
+
+class ScGPT(nn.Module):
+    """scGPT-style model: gene-id and expression-value embeddings, a cell token at position 0, a
+    transformer whose mask lets the cell token and known genes attend to each other and each
+    query gene attend to the known genes and itself, and a per-gene expression decoder."""
+
+    def __init__(self, cfg: ScGPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.gene = nn.Embedding(cfg.n_genes, cfg.d_model)
+        self.gene_norm = nn.LayerNorm(cfg.d_model)
+        self.value1 = nn.Linear(1, cfg.d_model)
+        self.value2 = nn.Linear(cfg.d_model, cfg.d_model)
+        self.value_norm = nn.LayerNorm(cfg.d_model)
+        self.layers = nn.ModuleList(_ScGPTLayer(cfg) for _ in range(cfg.n_layers))
+        self.dec1 = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dec2 = nn.Linear(cfg.d_model, 1)
+
+    def n_query(self, seq: int) -> int:
+        return self.cfg.n_query if self.cfg.n_query is not None else seq // 4
+
+    def forward(self, genes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        B, T = genes.shape  # position 0 is the cell token, then known genes, then query genes
+        x = self.gene_norm(self.gene(genes))
+        x = x + self.value_norm(self.value2(F.relu(self.value1(values.unsqueeze(-1)))))
+        idx = torch.arange(T, device=genes.device)
+        context = T - self.n_query(T)  # the cell token and the known genes
+        mask = (idx[None, :] < context) | (idx[:, None] == idx[None, :])  # (T, T), True = attend
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.dec2(F.leaky_relu(self.dec1(x))).squeeze(-1)  # (B, T) predicted expression
+
+
+def capture_scgpt(batch: int, seq: int, dtype: str = "fp32",
+                  config: ScGPTConfig | None = None) -> Diagram:
+    cfg = config or ScGPTConfig()
+    n_query = cfg.n_query if cfg.n_query is not None else seq // 4
+    if not 0 < n_query < seq - 1:
+        raise UserError(f"scgpt needs 1 to {seq - 2} query genes at seq {seq}; got {n_query}")
+    with torch.device("meta"):
+        model = ScGPT(cfg).to(TORCH_DTYPES[dtype]).eval()
+        genes = torch.zeros(batch, seq, dtype=torch.long)
+        values = torch.zeros(batch, seq, dtype=TORCH_DTYPES[dtype])
+    return capture_module(model, (genes, values), name="scgpt", dtype=dtype,
+                          meta={"batch": batch, "seq": seq, "source": "zoo",
+                                "known_genes": seq - 1 - n_query, "query_genes": n_query})
+
+
+def load_hf_config(path: str | Path) -> dict:
+    """Read a Hugging Face config.json, with a plain error when it is missing or not JSON."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist; give a zoo name "
+                        f"({', '.join(ZOO_NAMES)}) or a path to a Hugging Face config.json")
+    try:
+        cfg = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {str(path)!r} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict) or "model_type" not in cfg:
+        raise UserError(f"config file {str(path)!r} has no 'model_type'; "
+                        "it does not look like a Hugging Face config.json")
+    return cfg
+
+
+def capture_hf(config: dict, *, name: str, batch: int, seq: int, dtype: str = "fp32") -> Diagram:
+    """Build the class named in `architectures` (the base model when there is none) on the meta
+    device and capture it on (batch, seq) token ids."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    cfg_dict = {k: v for k, v in config.items() if k not in ("torch_dtype", "dtype")}
+    try:
+        cfg = transformers.AutoConfig.for_model(**cfg_dict)
+    except (ValueError, KeyError) as e:
+        raise UserError(f"transformers cannot build model_type {config.get('model_type')!r}: {e}") from None
+    cfg._attn_implementation = "sdpa"
+    limit = next((getattr(cfg, k) for k in ("max_position_embeddings", "n_positions")
+                  if isinstance(getattr(cfg, k, None), int)), None)
+    if limit is not None and seq > limit:
+        raise UserError(f"{name} takes at most {limit} tokens; got --seq {seq}")
+    arch = (config.get("architectures") or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    if arch and cls is None:
+        raise UserError(f"transformers {transformers.__version__} has no class {arch!r} "
+                        f"(named in the config's 'architectures')")
+    with torch.device("meta"):
+        model = cls(cfg) if cls else transformers.AutoModel.from_config(cfg)
+        model = model.to(TORCH_DTYPES[dtype]).eval()
+        ids = torch.zeros(batch, seq, dtype=torch.long)
+    kwargs = {"use_cache": False} if hasattr(cfg, "use_cache") else {}
+    try:
+        return capture_module(model, (ids,), kwargs, name=name, dtype=dtype,
+                              meta={"batch": batch, "seq": seq, "architecture": type(model).__name__,
+                                    "source": "huggingface-config"})
+    except Exception as e:  # export failures name the op; pass them on as the user's problem
+        raise UserError(f"could not capture {type(model).__name__} from {name}: "
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+
+def capture_model(model: str, batch: int = 1, seq: int = 128, dtype: str = "fp32") -> Diagram:
+    """Capture a zoo name (`bert-base`, ..., `scgpt`) or a path to a Hugging Face config.json."""
+    if batch < 1 or seq < 1:
+        raise UserError(f"batch and seq must be at least 1; got batch {batch}, seq {seq}")
+    if dtype not in TORCH_DTYPES:
+        raise unknown_choice("dtype", dtype, TORCH_DTYPES)
+    if model == "scgpt":
+        return capture_scgpt(batch, seq, dtype)
+    if model in HF_ZOO:
+        return capture_hf(HF_ZOO[model], name=model, batch=batch, seq=seq, dtype=dtype)
+    if model.endswith(".json") or os.sep in model or Path(model).exists():
+        return capture_hf(load_hf_config(model), name=Path(model).stem, batch=batch, seq=seq,
+                          dtype=dtype)
+    raise UserError(f"unknown model {model!r}; valid choices: {', '.join(ZOO_NAMES)}, "
+                    "or a path to a Hugging Face config.json")

@@ -1,0 +1,71 @@
+"""The command line contracts: exit codes, one-line errors, the --json shape."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from costmodel.cli import main
+
+
+def run(*argv):
+    """Run the console script in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-m", "costmodel.cli", *argv], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_predict_json_contract(capsys):
+    assert main(["predict", "--model", "bert-base", "--batch", "2", "--seq", "64",
+                 "--target", "h100", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    for key in ("total_ms", "target", "model", "diagram_hash", "cost_model", "subdiagrams"):
+        assert key in doc
+    assert doc["target"] == "h100-sxm" and doc["cost_model"] == "roofline"
+    assert doc["total_ms"] == pytest.approx(sum(s["predicted_ms"] for s in doc["subdiagrams"]))
+    assert all(s["ops"] and s["predicted_ms"] > 0 for s in doc["subdiagrams"])
+
+
+def test_predict_text_and_diagram(capsys):
+    assert main(["predict", "--model", "scgpt", "--seq", "64", "--target", "cpu"]) == 0
+    assert "ms over" in capsys.readouterr().out
+    assert main(["diagram", "--model", "scgpt", "--seq", "64", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["mask_kinds"] == ["scgpt"] and doc["vertices"] and doc["propagators"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["predict", "--model", "bert-base", "--target", "a1000"], "valid choices: a100"),
+    (["predict", "--model", "bert-tiny", "--target", "a100"], "valid choices: bert-base"),
+    (["predict", "--model", "bert-base", "--target", "a100", "--dtype", "fp8"], "invalid choice"),
+    (["predict", "--model", "bert-base", "--target", "a100", "--batch", "0"], "at least 1"),
+    (["predict", "--model", "no/such/config.json", "--target", "a100"], "does not exist"),
+    (["predict", "--model", "bert-base", "--target", "t4", "--dtype", "bf16"], "fp16"),
+])
+def test_user_errors_exit_2_with_one_line(argv, needle):
+    r = run(*argv)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_config_not_json_exits_2(tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text("model_type: bert")
+    r = run("predict", "--model", str(bad), "--target", "a100")
+    assert r.returncode == 2 and "not valid JSON" in r.stderr
+
+
+def test_plan_file_is_priced(tmp_path, capsys):
+    from autotune.cli import main as autotune
+
+    assert autotune(["--target", "a100", "--model", "bert-base", "--seq", "32", "--trials", "20",
+                     "--quiet", "--out", str(tmp_path)]) == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    capsys.readouterr()
+    assert main(["predict", "--model", "bert-base", "--seq", "32", "--target", "a100",
+                 "--plan", str(tmp_path / "plan.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_ms"] == pytest.approx(plan["plan_ms"])
+    # The same plan on another workload is refused plainly.
+    assert main(["predict", "--model", "bert-base", "--seq", "64", "--target", "a100",
+                 "--plan", str(tmp_path / "plan.json")]) == 2
