@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import optuna
 from tqdm import tqdm
@@ -139,10 +139,6 @@ def plan_document(result: SearchResult, *, model: str, diagram_hash: str, batch:
         "decisions": result.plan.to_list(),
         **(extra or {}),
     }
-
-
-def config_dict(c: KernelConfig | None) -> dict | None:
-    return None if c is None else asdict(c)
 
 
 def top_kernels(cost: PlanCost, n: int) -> Sequence:
