@@ -13,13 +13,14 @@ from typing import Any
 import torch
 import torch.fx
 
-from costmodel.diagram import Diagram, Propagator, Vertex
+from costmodel.diagram import Diagram, Propagator, Subdiagram, Vertex
 
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _SHORT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 _KINDS: dict[str, tuple[str, ...]] = {
     "matmul": ("linear", "addmm", "mm", "bmm", "matmul", "baddbmm", "addbmm", "addmv", "mv"),
+    "conv": ("convolution", "_convolution", "conv1d", "conv2d", "conv3d", "cudnn_convolution"),
     "attention": ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
                   "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"),
     "softmax": ("softmax", "_softmax", "log_softmax", "_log_softmax", "_safe_softmax"),
@@ -121,7 +122,7 @@ def _module_path(node: torch.fx.Node) -> str:
     return path if isinstance(path, str) else ""
 
 
-def _matmul_flops(name: str, ins: list[torch.Tensor], out: torch.Tensor, node: torch.fx.Node) -> int:
+def _matmul_flops(name: str, ins: list[torch.Tensor], out: torch.Tensor) -> int:
     """2 * M * N * K multiply-adds, plus one add per output for a bias (linear, addmm, baddbmm)."""
     if name in ("addmm", "baddbmm", "addbmm", "addmv"):
         a = ins[1]
@@ -142,14 +143,23 @@ def _attention_flops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
     return 2 * rows * k.shape[-2] * (q.shape[-1] + v.shape[-1])
 
 
-def _flops(kind: str, name: str, ins: list[torch.Tensor], outs: list[torch.Tensor],
-           node: torch.fx.Node) -> int:
+def _conv_flops(ins: list[torch.Tensor], out: torch.Tensor) -> int:
+    """2 * (output elements) * (input channels per group) * (kernel window), plus the bias add.
+    The weight is (C_out, C_in / groups, *window), so its numel over C_out is the per-output work."""
+    weight = ins[1]
+    per_output = weight.numel() // weight.shape[0]
+    return 2 * out.numel() * per_output + (out.numel() if len(ins) > 2 else 0)
+
+
+def _flops(kind: str, name: str, ins: list[torch.Tensor], outs: list[torch.Tensor]) -> int:
     if kind in _ZERO_FLOP_KINDS or not outs:
         return 0
     if kind == "matmul":
-        return _matmul_flops(name, ins, outs[0], node)
+        return _matmul_flops(name, ins, outs[0])
     if kind == "attention":
         return _attention_flops(ins[0], ins[1], ins[2])
+    if kind == "conv":
+        return _conv_flops(ins, outs[0])
     per = _FLOPS_PER_ELEMENT.get(name, _FLOPS_PER_ELEMENT.get(kind, 1))
     if kind in ("layer_norm", "reduction", "softmax"):
         return per * (ins[0].numel() if ins else outs[0].numel())
@@ -256,9 +266,17 @@ def capture_module(module: torch.nn.Module, args: tuple, kwargs: dict | None = N
     `dtype` names the compute dtype: the module and inputs must already be in its torch dtype;
     "tf32" marks fp32 matmuls and attention as running on TF32 tensor cores.
     """
+    return export_module(module, args, kwargs, name=name, dtype=dtype, meta=meta)[1]
+
+
+def export_module(module: torch.nn.Module, args: tuple, kwargs: dict | None = None, *,
+                  name: str, dtype: str = "fp32", meta: dict | None = None
+                  ) -> tuple[torch.export.ExportedProgram, Diagram]:
+    """`capture_module`, also returning the exported program: each vertex is named after the
+    graph node it came from, so measurement can run a kernel's own nodes."""
     exported = torch.export.export(module, args, kwargs or {}, strict=False)
-    return diagram_from_graph(exported.graph_module, exported.graph_signature, name=name,
-                              dtype=dtype, meta=meta)
+    return exported, diagram_from_graph(exported.graph_module, exported.graph_signature,
+                                        name=name, dtype=dtype, meta=meta)
 
 
 def diagram_from_graph(gm: torch.fx.GraphModule, signature: Any, *, name: str, dtype: str,
@@ -329,7 +347,7 @@ def diagram_from_graph(gm: torch.fx.GraphModule, signature: Any, *, name: str, d
             outputs=tuple(names), input_shapes=tuple(tuple(t.shape) for t in ins),
             output_shapes=tuple(tuple(t.shape) for t in outs),
             dtype=_compute_dtype(kind, dtype, ins[0] if ins else outs[0]),
-            flops=_flops(kind, base, ins, outs, node), read_bytes=read,
+            flops=_flops(kind, base, ins, outs), read_bytes=read,
             bytes_written=0 if free else sum(t.numel() * t.element_size() for t in outs),
             module=_module_path(node), mask_kind=mask_kind, mask_density=density,
             attrs=_attrs(node),
@@ -376,16 +394,69 @@ def _dt(t: torch.Tensor) -> str:
 
 
 def _attrs(node: torch.fx.Node) -> tuple[tuple[str, Any], ...]:
-    """Scalar keyword arguments and trailing scalar positional arguments, hashable."""
+    return _scalar_attrs(node.args, node.kwargs)
+
+
+def _scalar_attrs(args: tuple, kwargs: dict, offset: int = 0) -> tuple[tuple[str, Any], ...]:
+    """Scalar (and list-of-number) arguments by position, and scalar keyword arguments: hashable."""
     out = []
-    for i, a in enumerate(node.args):
-        if isinstance(a, (bool, int, float, str)) and not isinstance(a, torch.fx.Node):
+    for i, a in enumerate(args, start=offset):
+        if isinstance(a, (bool, int, float, str)):
             out.append((f"arg{i}", a))
-        elif isinstance(a, (list, tuple)) and all(isinstance(x, (bool, int, float)) for x in a):
+        elif isinstance(a, (list, tuple)) and a and all(isinstance(x, (bool, int, float)) for x in a):
             out.append((f"arg{i}", tuple(a)))
-    for k, a in sorted(node.kwargs.items()):
+    for k, a in sorted(kwargs.items()):
         if isinstance(a, (bool, int, float, str)):
             out.append((k, a))
         elif isinstance(a, torch.dtype):
             out.append((k, str(a)))
     return tuple(out)
+
+
+def single_op(op: Any, inputs: list[torch.Tensor], *, args: tuple = (), kwargs: dict | None = None,
+              dtype: str | None = None, name: str = "op", module: str = "") -> Subdiagram:
+    """A one-vertex kernel for `op` (an ATen overload, e.g. torch.ops.aten.bmm.default) called as
+    op(*inputs, *args, **kwargs) on meta tensors of the given shapes, priced as `capture_module`
+    prices it. For datasets of measured single ops (no export: microseconds per op)."""
+    kwargs = kwargs or {}
+    inputs = [t if t.device.type == "meta" else t.to("meta") for t in inputs]
+    with torch.no_grad():
+        outs = _tensors(op(*inputs, *args, **kwargs))
+    base = op_name(op)
+    kind = normalise(base) or ("elementwise" if base in ("to", "_to_copy") else None)
+    if kind is None:
+        raise ValueError(f"op {base!r} has no feyntune kind")
+    in_names = tuple(f"{name}.in{i}" for i in range(len(inputs)))
+    out_names = (name,) if len(outs) == 1 else tuple(f"{name}.{i}" for i in range(len(outs)))
+    roles = ["input"] + ["parameter"] * (len(inputs) - 1) if kind in ("matmul", "conv",
+                                                                     "layer_norm") else ["input"] * len(inputs)
+    if kind == "embedding":
+        roles = ["parameter", "input"]
+    if base in ("bmm", "mm", "matmul", "baddbmm"):
+        roles = ["input"] * len(inputs)
+    mask_kind = density = None
+    if kind == "attention":
+        mask = kwargs.get("attn_mask", inputs[3] if len(inputs) > 3 else None)
+        if kwargs.get("is_causal"):
+            sq, sk = inputs[0].shape[-2], inputs[1].shape[-2]
+            mask_kind = "causal"
+            density = torch.ones(sq, sk, dtype=torch.bool).tril(sk - sq).float().mean().item()
+        elif mask is None:
+            mask_kind, density = "none", 1.0
+        else:
+            mask_kind, density = "custom", 1.0
+    vertex = Vertex(
+        name=name, kind=kind, op=str(op), inputs=in_names, outputs=out_names,
+        input_shapes=tuple(tuple(t.shape) for t in inputs),
+        output_shapes=tuple(tuple(t.shape) for t in outs),
+        dtype=dtype or _compute_dtype(kind, "fp32", inputs[0] if inputs else outs[0]),
+        flops=_flops(kind, base, inputs, outs),
+        read_bytes=tuple(_read_bytes(kind, i, t, outs[0]) for i, t in enumerate(inputs)),
+        bytes_written=sum(t.numel() * t.element_size() for t in outs), module=module,
+        mask_kind=mask_kind, mask_density=density,
+        attrs=_scalar_attrs(args, kwargs, offset=len(inputs)),
+    )
+    ins = tuple(Propagator(n, tuple(t.shape), _dt(t), r) for n, t, r in zip(in_names, inputs, roles))
+    outs_p = tuple(Propagator(n, tuple(t.shape), _dt(t), "activation", name)
+                   for n, t in zip(out_names, outs))
+    return Subdiagram((vertex,), ins, outs_p)

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from costmodel.capture import TORCH_DTYPES
 from costmodel.errors import UserError
@@ -74,6 +75,21 @@ def _parser() -> ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the whole diagram as JSON")
 
     sub.add_parser("targets", help="list hardware targets")
+
+    p = sub.add_parser("dataset", help="import, release, verify and summarise measured runtimes")
+    ds = p.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
+    q = ds.add_parser("import", help="convert public measurements into the dataset")
+    q.add_argument("source", help="neusight, deepbench or tpugraphs")
+    q.add_argument("path", help="the source's folder or file")
+    q.add_argument("--root", default=None, help="dataset folder (default datasets/data)")
+    q = ds.add_parser("release", help="snapshot the working data as datasets/releases/VERSION")
+    q.add_argument("--version", required=True)
+    q.add_argument("--root", default=None, help="dataset folder (default datasets/data)")
+    q = ds.add_parser("verify", help="check a release's checksums, row counts and schema")
+    q.add_argument("dir", nargs="?", default=None, help="release folder (default: the newest)")
+    q = ds.add_parser("summary", help="row counts by hardware and source")
+    q.add_argument("dir", nargs="?", default=None, help="release or data folder (default datasets/data)")
+    q.add_argument("--json", action="store_true")
     return parser
 
 
@@ -85,6 +101,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "targets":
         return _targets()
+    if args.command == "dataset":
+        return _dataset(args)
     # Heavy imports wait until the arguments are known to be good.
     from costmodel.zoo import capture_model
 
@@ -161,6 +179,47 @@ def _prediction_text(result: dict, top: int) -> str:
         lines.append(f"{s['name'][:44]:<44} {'+'.join(s['ops'])[:24]:<24} "
                      f"{s['predicted_ms']:>10.4f} {s['predicted_ms'] / result['total_ms']:>7.1%}")
     return "\n".join(lines)
+
+
+def _dataset(args) -> int:
+    from costmodel import release as rel
+    from costmodel.dataset import DATA_DIR, RELEASES_DIR
+
+    root = Path(getattr(args, "root", None) or DATA_DIR)
+    if args.action == "import":
+        from costmodel.importers import run_import
+
+        counts = run_import(args.source, args.path, root=root)
+        print(", ".join(f"{table} {n}" for table, n in counts.items()))
+    elif args.action == "release":
+        dest = rel.release(args.version, root=root)
+        print(f"release {args.version} written to {dest}")
+    elif args.action == "verify":
+        folder = Path(args.dir) if args.dir else _newest_release(RELEASES_DIR)
+        problems = rel.verify(folder)
+        for p in problems:
+            print(f"{folder}: {p}", file=sys.stderr)
+        if problems:
+            return 1
+        print(f"{folder}: ok")
+    else:
+        counts = rel.summary(Path(args.dir) if args.dir else root)
+        if args.json:
+            print(json.dumps(counts, indent=1))
+        else:
+            for table, n in counts["tables"].items():
+                print(f"{table:<13} {n:>9}")
+            for key, n in counts["measurements"]["by_source_and_hardware"].items():
+                print(f"  {key:<40} {n:>9}")
+    return 0
+
+
+def _newest_release(releases: Path) -> Path:
+    found = sorted(p for p in releases.iterdir() if (p / "manifest.json").is_file()) \
+        if releases.is_dir() else []
+    if not found:
+        raise UserError(f"no release under {releases}; make one with costmodel dataset release --version V")
+    return max(found, key=lambda p: p.stat().st_mtime)
 
 
 def _targets() -> int:

@@ -17,6 +17,7 @@ from typing import Any
 # Normalised op kinds. "free" ops (views, reshapes, eval-mode dropout) launch no kernel.
 OP_KINDS = (
     "matmul",       # linear, addmm, mm, bmm, matmul, baddbmm
+    "conv",         # convolution, conv1d, conv2d
     "attention",    # scaled dot-product attention: QK^T, mask, softmax, V in one op
     "softmax",
     "layer_norm",   # layer_norm, rms_norm, group_norm
@@ -183,6 +184,19 @@ class Subdiagram:
         props = {p.name: p for p in (*self.inputs, *self.outputs, *self.internal)}
         return content_hash(self.vertices, props)
 
+    def to_record(self) -> dict:
+        """Everything needed to rebuild this subdiagram alone (`from_record`), JSON-ready."""
+        return {"vertices": [_vertex_record(v) for v in self.vertices],
+                "inputs": [_propagator_record(p) for p in self.inputs],
+                "outputs": [_propagator_record(p) for p in self.outputs],
+                "internal": [_propagator_record(p) for p in self.internal]}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Subdiagram:
+        return cls(tuple(_vertex_from(v) for v in record["vertices"]),
+                   *(tuple(_propagator_from(p) for p in record[k])
+                     for k in ("inputs", "outputs", "internal")))
+
     def to_dict(self) -> dict:
         return {"name": self.name, "hash": self.hash, "ops": [v.kind for v in self.vertices],
                 "vertices": [v.name for v in self.vertices], "module": self.module,
@@ -281,24 +295,44 @@ class Diagram:
             "inputs": list(self.inputs),
             "outputs": list(self.outputs),
             "mask_kinds": sorted({v.mask_kind for v in self.vertices if v.mask_kind}),
-            "vertices": [
-                {"name": v.name, "kind": v.kind, "op": v.op, "inputs": list(v.inputs),
-                 "outputs": list(v.outputs), "input_shapes": [list(s) for s in v.input_shapes],
-                 "output_shapes": [list(s) for s in v.output_shapes], "dtype": v.dtype,
-                 "flops": v.flops, "bytes_read": v.bytes_read, "bytes_written": v.bytes_written,
-                 "module": v.module, "mask_kind": v.mask_kind, "mask_density": v.mask_density,
-                 "attrs": {k: _jsonable(x) for k, x in v.attrs}}
-                for v in self.vertices
-            ],
-            "propagators": [
-                {"name": p.name, "shape": list(p.shape), "dtype": p.dtype, "role": p.role,
-                 "producer": p.producer, "bytes": p.bytes}
-                for p in self.propagators
-            ],
+            "vertices": [{**_vertex_record(v), "bytes_read": v.bytes_read} for v in self.vertices],
+            "propagators": [{**_propagator_record(p), "bytes": p.bytes} for p in self.propagators],
         }
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
+
+
+def _vertex_record(v: Vertex) -> dict:
+    return {"name": v.name, "kind": v.kind, "op": v.op, "inputs": list(v.inputs),
+            "outputs": list(v.outputs), "input_shapes": [list(s) for s in v.input_shapes],
+            "output_shapes": [list(s) for s in v.output_shapes], "dtype": v.dtype,
+            "flops": v.flops, "read_bytes": list(v.read_bytes), "bytes_written": v.bytes_written,
+            "module": v.module, "mask_kind": v.mask_kind, "mask_density": v.mask_density,
+            "attrs": [[k, _jsonable(x)] for k, x in v.attrs]}
+
+
+def _vertex_from(r: dict) -> Vertex:
+    return Vertex(
+        name=r["name"], kind=r["kind"], op=r["op"], inputs=tuple(r["inputs"]),
+        outputs=tuple(r["outputs"]), input_shapes=tuple(tuple(s) for s in r["input_shapes"]),
+        output_shapes=tuple(tuple(s) for s in r["output_shapes"]), dtype=r["dtype"],
+        flops=r["flops"], read_bytes=tuple(r["read_bytes"]), bytes_written=r["bytes_written"],
+        module=r["module"], mask_kind=r["mask_kind"], mask_density=r["mask_density"],
+        attrs=tuple((k, _hashable(x)) for k, x in r["attrs"]))
+
+
+def _propagator_record(p: Propagator) -> dict:
+    return {"name": p.name, "shape": list(p.shape), "dtype": p.dtype, "role": p.role,
+            "producer": p.producer}
+
+
+def _propagator_from(r: dict) -> Propagator:
+    return Propagator(r["name"], tuple(r["shape"]), r["dtype"], r["role"], r["producer"])
+
+
+def _hashable(x: Any) -> Any:
+    return tuple(_hashable(i) for i in x) if isinstance(x, list) else x
 
 
 def _jsonable(x: Any) -> Any:

@@ -143,6 +143,15 @@ class HardwareProfile:
         _put(features, "tdp_watts", self.tdp_watts, log=True)
         return features
 
+    @classmethod
+    def from_dict(cls, d: dict) -> HardwareProfile:
+        """Inverse of `to_dict` (for profiles stored with measurements, e.g. a host CPU)."""
+        d = dict(d)
+        d["aliases"] = tuple(d.get("aliases", ()))
+        for key in ("peak_flops", "sources", "calibration"):
+            d[key] = tuple((k, v) for k, v in dict(d.get(key) or {}).items())
+        return cls(**d)
+
     def to_dict(self) -> dict:
         """A JSON-ready dict of every field (SI units); pairs become dicts, tuples lists."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -308,6 +317,12 @@ def _normalise_gpu_name(name: str) -> str:
     return name.removeprefix("nvidia ")
 
 
+def profile_for_device_name(name: str, *, directory: str | os.PathLike | None = None) -> str | None:
+    """The profile name for a device name as NVML or torch.cuda prints it (e.g. "Tesla T4" -> "t4",
+    "NVIDIA A100-PCIE-40GB" -> "a100-pcie-40gb"); None when no profile lists it in nvml_names."""
+    return _catalog(_directory(directory)).by_nvml.get(_normalise_gpu_name(name))
+
+
 def detect_gpu(*, directory: str | os.PathLike | None = None) -> str | None:
     """The profile name of GPU 0, from its NVML device name (e.g. "Tesla T4" -> "t4").
 
@@ -333,7 +348,7 @@ def detect_gpu(*, directory: str | os.PathLike | None = None) -> str | None:
             pynvml.nvmlShutdown()
     if isinstance(name, bytes):  # nvidia-ml-py before 11.5 returns bytes
         name = name.decode(errors="replace")
-    canonical = _catalog(_directory(directory)).by_nvml.get(_normalise_gpu_name(name))
+    canonical = profile_for_device_name(name, directory=directory)
     if canonical is None:
         warnings.warn(
             f"GPU {name!r} matches no hardware profile; add its name to nvml_names in a "

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from costmodel.capture import TORCH_DTYPES, capture_module
+from costmodel.capture import TORCH_DTYPES, export_module
 from costmodel.diagram import Diagram
 from costmodel.errors import UserError, unknown_choice
 
@@ -108,6 +108,11 @@ class ScGPT(nn.Module):
 
 def capture_scgpt(batch: int, seq: int, dtype: str = "fp32",
                   config: ScGPTConfig | None = None) -> Diagram:
+    return export_scgpt(batch, seq, dtype, config)[1]
+
+
+def export_scgpt(batch: int, seq: int, dtype: str = "fp32",
+                 config: ScGPTConfig | None = None) -> tuple[torch.export.ExportedProgram, Diagram]:
     cfg = config or ScGPTConfig()
     n_query = cfg.n_query if cfg.n_query is not None else seq // 4
     if not 0 < n_query < seq - 1:
@@ -116,9 +121,9 @@ def capture_scgpt(batch: int, seq: int, dtype: str = "fp32",
         model = ScGPT(cfg).to(TORCH_DTYPES[dtype]).eval()
         genes = torch.zeros(batch, seq, dtype=torch.long)
         values = torch.zeros(batch, seq, dtype=TORCH_DTYPES[dtype])
-    return capture_module(model, (genes, values), name="scgpt", dtype=dtype,
-                          meta={"batch": batch, "seq": seq, "source": "zoo",
-                                "known_genes": seq - 1 - n_query, "query_genes": n_query})
+    return export_module(model, (genes, values), name="scgpt", dtype=dtype,
+                         meta={"batch": batch, "seq": seq, "source": "zoo",
+                               "known_genes": seq - 1 - n_query, "query_genes": n_query})
 
 
 def load_hf_config(path: str | Path) -> dict:
@@ -140,6 +145,11 @@ def load_hf_config(path: str | Path) -> dict:
 def capture_hf(config: dict, *, name: str, batch: int, seq: int, dtype: str = "fp32") -> Diagram:
     """Build the class named in `architectures` (the base model when there is none) on the meta
     device and capture it on (batch, seq) token ids."""
+    return export_hf(config, name=name, batch=batch, seq=seq, dtype=dtype)[1]
+
+
+def export_hf(config: dict, *, name: str, batch: int, seq: int, dtype: str = "fp32"
+              ) -> tuple[torch.export.ExportedProgram, Diagram]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
@@ -164,9 +174,9 @@ def capture_hf(config: dict, *, name: str, batch: int, seq: int, dtype: str = "f
         ids = torch.zeros(batch, seq, dtype=torch.long)
     kwargs = {"use_cache": False} if hasattr(cfg, "use_cache") else {}
     try:
-        return capture_module(model, (ids,), kwargs, name=name, dtype=dtype,
-                              meta={"batch": batch, "seq": seq, "architecture": type(model).__name__,
-                                    "source": "huggingface-config"})
+        return export_module(model, (ids,), kwargs, name=name, dtype=dtype,
+                             meta={"batch": batch, "seq": seq, "architecture": type(model).__name__,
+                                   "source": "huggingface-config"})
     except Exception as e:  # export failures name the op; pass them on as the user's problem
         raise UserError(f"could not capture {type(model).__name__} from {name}: "
                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
@@ -174,16 +184,22 @@ def capture_hf(config: dict, *, name: str, batch: int, seq: int, dtype: str = "f
 
 def capture_model(model: str, batch: int = 1, seq: int = 128, dtype: str = "fp32") -> Diagram:
     """Capture a zoo name (`bert-base`, ..., `scgpt`) or a path to a Hugging Face config.json."""
+    return export_model(model, batch, seq, dtype)[1]
+
+
+def export_model(model: str, batch: int = 1, seq: int = 128, dtype: str = "fp32"
+                 ) -> tuple[torch.export.ExportedProgram, Diagram]:
+    """`capture_model`, also returning the exported program (vertices are named after its nodes)."""
     if batch < 1 or seq < 1:
         raise UserError(f"batch and seq must be at least 1; got batch {batch}, seq {seq}")
     if dtype not in TORCH_DTYPES:
         raise unknown_choice("dtype", dtype, TORCH_DTYPES)
     if model == "scgpt":
-        return capture_scgpt(batch, seq, dtype)
+        return export_scgpt(batch, seq, dtype)
     if model in HF_ZOO:
-        return capture_hf(HF_ZOO[model], name=model, batch=batch, seq=seq, dtype=dtype)
+        return export_hf(HF_ZOO[model], name=model, batch=batch, seq=seq, dtype=dtype)
     if model.endswith(".json") or os.sep in model or Path(model).exists():
-        return capture_hf(load_hf_config(model), name=Path(model).stem, batch=batch, seq=seq,
-                          dtype=dtype)
+        return export_hf(load_hf_config(model), name=Path(model).stem, batch=batch, seq=seq,
+                         dtype=dtype)
     raise UserError(f"unknown model {model!r}; valid choices: {', '.join(ZOO_NAMES)}, "
                     "or a path to a Hugging Face config.json")

@@ -160,3 +160,10 @@ def test_config_that_is_not_json(tmp_path):
     path.write_text("{not json")
     with pytest.raises(UserError, match="not valid JSON"):
         capture_model(str(path), 1, 8)
+
+
+def test_conv_flops_by_hand():
+    conv = nn.Conv2d(8, 16, 3, padding=1, groups=2).to("meta")
+    v = only(capture_module(conv, (meta(2, 8, 10, 10),), name="conv"), "conv")
+    # Each of the 2*16*10*10 outputs sums 4 input channels (8 / 2 groups) over a 3x3 window.
+    assert v.flops == 2 * (2 * 16 * 10 * 10) * (4 * 3 * 3) + 2 * 16 * 10 * 10

@@ -99,3 +99,13 @@ def test_json_round_trips_the_essentials():
     assert doc["hash"] == d.hash
     assert len(doc["vertices"]) == len(d.vertices)
     assert {p["name"] for p in doc["propagators"]} == {p.name for p in d.propagators}
+
+
+def test_subdiagram_record_round_trips(capture):
+    import json
+
+    from costmodel.plan import eager_partition
+
+    for sub in eager_partition(capture("gpt2", 1, 32)):
+        again = type(sub).from_record(json.loads(json.dumps(sub.to_record())))
+        assert again == sub and again.hash == sub.hash

@@ -1,0 +1,32 @@
+"""Importers of public measured-runtime data into the dataset (`costmodel dataset import`).
+
+Each importer is a function `run(path, *, root) -> dict[str, int]` (rows written per table) in
+its own module, loaded only when asked for.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+from costmodel.errors import UserError, unknown_choice
+
+IMPORTERS = {
+    "neusight": "costmodel.importers.neusight",
+    "deepbench": "costmodel.importers.deepbench",
+    "tpugraphs": "costmodel.importers.tpugraphs",
+}
+
+
+def importer(source: str) -> Callable[..., dict[str, int]]:
+    if source not in IMPORTERS:
+        raise unknown_choice("source", source, IMPORTERS)
+    return importlib.import_module(IMPORTERS[source]).run
+
+
+def run_import(source: str, path: str | Path, *, root: str | Path) -> dict[str, int]:
+    """Import `path` with the importer of `source`; rows written per table."""
+    run = importer(source)
+    if not Path(path).exists():
+        raise UserError(f"{source} data not found at {str(path)!r}")
+    return run(Path(path), root=Path(root))
