@@ -50,7 +50,7 @@ TABLES: dict[str, pa.Schema] = {
         ("flops", pa.int64()), ("bytes_read", pa.int64()), ("bytes_written", pa.int64()),
         ("inputs", pa.list_(pa.string())), ("outputs", pa.list_(pa.string())),
         ("input_shapes_json", _json), ("output_shapes_json", _json), ("module", pa.string()),
-        ("mask_kind", pa.string()), ("mask_density", pa.float64()),
+        ("mask_kind", pa.string()), ("mask_density", pa.float64()), ("attrs_json", _json),
     ]),
     "propagators": pa.schema([
         ("diagram_hash", pa.string()), ("source", pa.string()), ("propagator", pa.string()),
@@ -133,7 +133,8 @@ def diagram_rows(diagram: Diagram, source: str, config: dict | None = None) -> d
                       "bytes_written": v.bytes_written, "inputs": list(v.inputs),
                       "outputs": list(v.outputs), "input_shapes_json": dumps(v.input_shapes),
                       "output_shapes_json": dumps(v.output_shapes), "module": v.module,
-                      "mask_kind": v.mask_kind, "mask_density": v.mask_density}
+                      "mask_kind": v.mask_kind, "mask_density": v.mask_density,
+                      "attrs_json": dumps([[k, a] for k, a in v.attrs]) if v.attrs else None}
                      for v in diagram.vertices],
         "propagators": [{"diagram_hash": h, "source": source, "propagator": p.name,
                          "shape": list(p.shape), "dtype": p.dtype, "role": p.role,

@@ -88,6 +88,9 @@ class Vertex:
         """(batch, M, N, K) of a matmul vertex: out is (batch..., M, N), the reduction is K."""
         if self.kind != "matmul":
             raise ValueError(f"{self.name} is a {self.kind}, not a matmul")
+        given = dict(self.attrs).get("gemm_bmnk")  # importers whose ops name their dims (XLA dot)
+        if given is not None:
+            return tuple(given)
         out = self.output_shapes[0]
         a = self.input_shapes[1] if self.op.split(".")[1] in ("addmm", "baddbmm", "addbmm") \
             else self.input_shapes[0]
@@ -106,8 +109,9 @@ class Vertex:
 
 def dtype_size(dtype: str) -> int:
     """Bytes per element of a torch dtype name ("float32", "bool", ...)."""
-    sizes = {"float64": 8, "int64": 8, "complex64": 8, "float32": 4, "int32": 4,
-             "float16": 2, "bfloat16": 2, "int16": 2, "int8": 1, "uint8": 1, "bool": 1}
+    sizes = {"complex128": 16, "float64": 8, "int64": 8, "uint64": 8, "complex64": 8,
+             "float32": 4, "int32": 4, "uint32": 4, "float16": 2, "bfloat16": 2, "int16": 2,
+             "uint16": 2, "int8": 1, "uint8": 1, "bool": 1}
     if dtype not in sizes:
         raise ValueError(f"no size known for dtype {dtype!r}")
     return sizes[dtype]
