@@ -15,7 +15,8 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from costmodel.diagram import Diagram, Subdiagram
-from costmodel.errors import UserError, unknown_choice
+from costmodel.errors import unknown_choice
+from costmodel.hardware import load_profile
 from costmodel.plan import KernelConfig
 
 SCHEMA_VERSION = "1.0"
@@ -274,3 +276,44 @@ def existing_ids(root: str | Path = DATA_DIR, source: str | None = None) -> set[
         if not f.name.startswith("."):
             ids.update(pq.read_table(f, columns=["measurement_id"]).column(0).to_pylist())
     return ids
+
+
+def hardware_row(name: str, source: str, *, profiled: bool, kind: str = "gpu",
+                 display_name: str | None = None) -> dict:
+    """A hardware table row: the profile's descriptors when `name` is a profile, else only the
+    name and kind (the dataset keeps machines no profile describes)."""
+    if not profiled:
+        return {"hardware": name, "kind": kind, "display_name": display_name or name,
+                "descriptor_json": None, "profile_json": None, "source": source}
+    profile = load_profile(name)
+    return {"hardware": name, "kind": profile.kind, "display_name": profile.display_name,
+            "descriptor_json": dumps(profile.descriptor()),
+            "profile_json": dumps(profile.to_dict()), "source": source}
+
+
+class RowSink:
+    """The rows of one import: one ShardWriter, rows counted per table, each subdiagram row
+    written once, and a flush every `flush_every` measurements so memory stays bounded."""
+
+    def __init__(self, writer: ShardWriter, *, flush_every: int = 50_000) -> None:
+        self.writer = writer
+        self.counts: Counter[str] = Counter()
+        self._subdiagrams: set[tuple[str, str | None]] = set()
+        self._flush_every = flush_every
+        self._pending = 0
+
+    def add(self, table: str, row: dict) -> None:
+        self.writer.add(table, row)
+        self.counts[table] += 1
+        if table == "measurements":
+            self._pending += 1
+            if self._pending >= self._flush_every:
+                self.writer.flush()
+                self._pending = 0
+
+    def subdiagram(self, sub: Subdiagram, source: str, diagram_hash: str | None = None) -> str:
+        key = (sub.hash, diagram_hash)
+        if key not in self._subdiagrams:
+            self._subdiagrams.add(key)
+            self.add("subdiagrams", subdiagram_row(sub, source, diagram_hash))
+        return sub.hash

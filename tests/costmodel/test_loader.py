@@ -1,6 +1,5 @@
 import json
 
-import pytest
 from torch_geometric.loader import DataLoader
 
 from costmodel.dataset import Provenance, ShardWriter, measurement_row
