@@ -38,10 +38,10 @@ aten = torch.ops.aten
 # DeepBench's machine names -> the device name torch would print, where one is certain enough
 # to pick a profile, else our hardware name. The P100 ran in an X99 workstation (a PCIe card;
 # its memory size is not stated: the 12 GB card differs only in bandwidth, 549 vs 732 GB/s).
-# The V100 is a DGX-1's (SXM2: 300 W, 1530 MHz), which our PCIe profile does not describe.
+# The V100 is a DGX-1's (SXM2: 300 W, 1530 MHz); DGX-1 shipped 16 GB cards first (assumed).
 _MACHINES = {
     "NV_T4": ("Tesla T4", "gpu"), "NV_P100": ("Tesla P100-PCIE-16GB", "gpu"),
-    "NV_V100": ("v100-sxm2", "gpu"), "NV_1080Ti": ("gtx-1080ti", "gpu"),
+    "NV_V100": ("Tesla V100-SXM2-16GB", "gpu"), "NV_1080Ti": ("gtx-1080ti", "gpu"),
     "NV_TitanX_Pascal": ("titan-x-pascal", "gpu"), "NV_TitanXp": ("titan-xp", "gpu"),
     "NV_TitanX": ("gtx-titan-x-maxwell", "gpu"), "NV_M40": ("tesla-m40", "gpu"),
     "AMD_MI25": ("radeon-instinct-mi25", "gpu"), "AMD_VegaFE": ("radeon-vega-frontier", "gpu"),
@@ -49,7 +49,8 @@ _MACHINES = {
     "iPhone_6": ("iphone-6", "cpu"), "iPhone_7": ("iphone-7", "cpu"),
 }
 _NOTES = {"NV_P100": "DeepBench names it 'NVIDIA Tesla P100' in an X99 workstation (PCIe); "
-                     "16 GB assumed"}
+                     "16 GB assumed",
+          "NV_V100": "DeepBench's V100 is a DGX-1 card (SXM2); 16 GB assumed"}
 _FILE = re.compile(r"results_.*?DeepBench_(?P<machine>.+?)__(?P<tab>.+)\.csv")
 _SECTIONS = (("Dense Matrix Multiplication", "gemm"), ("Sparse Matrix Multiplication", "sparse"),
              ("Convolution", "conv"), ("Recurrent Layers", "rnn"), ("All-Reduce", "allreduce"))

@@ -19,7 +19,8 @@ from costmodel.hardware import (
 SHIPPED_DIR = Path(hardware.__file__).resolve().parent.parent / "hardware_profiles"
 ACCELERATORS = (
     "a100-pcie-40gb", "a100-sxm4-40gb", "a100-pcie-80gb", "a100-sxm4-80gb", "h100-sxm", "h100-pcie",
-    "h200", "l4", "t4", "v100-pcie-32gb", "p100-pcie-16gb", "p4", "tpu-v3", "tpu-v4", "tpu-v5e",
+    "h200", "l4", "t4", "v100-pcie-32gb", "v100-sxm2-16gb", "p100-pcie-16gb", "p4", "tpu-v3", "tpu-v4",
+    "tpu-v5e",
 )
 # Fields that hold a figure from somewhere, and so need a source when set.
 FIGURES = (

@@ -70,10 +70,9 @@ def test_hardware_names(imported):
     root, _ = imported
     hw = read_table("hardware", root).set_index("hardware")
     # The int8-only 1080 Ti tab writes no rows, so no hardware row either.
-    assert sorted(hw.index) == ["t4", "v100-sxm2"]
+    assert sorted(hw.index) == ["t4", "v100-sxm2-16gb"]
     assert hw.loc["t4"].descriptor_json is not None
-    assert pd.isna(hw.loc["v100-sxm2"].profile_json)  # a DGX-1 SXM2 card: no profile of ours
-    assert hw.loc["v100-sxm2"].display_name == "NVIDIA V100"
+    assert not pd.isna(hw.loc["v100-sxm2-16gb"].profile_json)  # a DGX-1 SXM2 card
 
 
 def test_gemm_flops_match_deepbench(imported):
@@ -81,7 +80,7 @@ def test_gemm_flops_match_deepbench(imported):
     root, _ = imported
     m = _with_kernels(root)
     gemm = m[m.extra.map(lambda e: e["op"] == "gemm") & m.error.isna()]
-    first = gemm[gemm.hardware == "v100-sxm2"].iloc[0]
+    first = gemm[gemm.hardware == "v100-sxm2-16gb"].iloc[0]
     assert first.record["vertices"][0]["input_shapes"] == [[1760, 1760], [1760, 16]]
     assert first.flops == 2 * 1760 * 16 * 1760
     assert first.extra["transpose_a"] == "N" and first.record["vertices"][0]["op"] == "aten.mm.default"
