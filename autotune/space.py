@@ -14,10 +14,8 @@ from functools import cached_property
 
 from costmodel.diagram import Diagram
 from costmodel.hardware import HardwareProfile
-from costmodel.plan import Fuse, KernelConfig, Plan, Tile, check_fusable
+from costmodel.plan import Fuse, KernelConfig, Plan, Tile, check_fusable, epilogue_chain
 
-EPILOGUE_KINDS = ("add", "mul", "gelu", "activation", "elementwise")
-MAX_EPILOGUE = 3  # pointwise ops a matmul may absorb
 BLOCKS = (32, 64, 128, 256)
 BLOCK_K = (32, 64)
 WARPS = (4, 8)
@@ -35,44 +33,6 @@ class MatmulClass:
     gemm: tuple[int, int, int, int]  # (batch, M, N, K)
     dtype: str
     epilogue_kinds: tuple[str, ...]
-
-
-def epilogue_chain(diagram: Diagram, matmul: str) -> tuple[str, ...]:
-    """Pointwise ops that follow `matmul` one by one, each the only reader of the one before
-    (through free views), with the matmul's output size: what a matmul epilogue can absorb."""
-    chain: list[str] = []
-    current = diagram.vertex[matmul]
-    numel = _numel(current.output_shapes[0])
-    while len(chain) < MAX_EPILOGUE:
-        readers = _compute_readers(diagram, current.outputs[0])
-        if len(readers) != 1:
-            break
-        nxt = diagram.vertex[readers[0]]
-        if nxt.kind not in EPILOGUE_KINDS or _numel(nxt.output_shapes[0]) != numel:
-            break
-        chain.append(nxt.name)
-        current = nxt
-    return tuple(chain)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    out = 1
-    for d in shape:
-        out *= d
-    return out
-
-
-def _compute_readers(diagram: Diagram, name: str) -> list[str]:
-    """Non-free vertices reading `name`, looking through free (view-like) vertices."""
-    out: list[str] = []
-    for c in diagram.consumers[name]:
-        v = diagram.vertex[c]
-        if v.is_free:
-            for o in v.outputs:
-                out.extend(_compute_readers(diagram, o))
-        else:
-            out.append(c)
-    return list(dict.fromkeys(out))
 
 
 def legal_tiles(hw: HardwareProfile, dtype: str) -> tuple[KernelConfig, ...]:

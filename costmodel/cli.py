@@ -76,6 +76,44 @@ def _parser() -> ArgumentParser:
 
     sub.add_parser("targets", help="list hardware targets")
 
+    p = sub.add_parser("train", help="train the GNN cost model on a dataset release")
+    p.add_argument("--data", default=None, help="release folder (default: the newest release)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs per ensemble member")
+    p.add_argument("--members", type=positive_int, default=None, help="ensemble size")
+    p.add_argument("--out", default=None, help="checkpoint folder (default costmodel/checkpoints)")
+
+    p = sub.add_parser("eval", help="score the GNN and the baselines on held-out data")
+    p.add_argument("--protocol", required=True, choices=("leave-one-gpu-out",))
+    p.add_argument("--data", default=None, help="release folder (default: the newest release)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs per ensemble member")
+    p.add_argument("--members", type=positive_int, default=None, help="ensemble size")
+    p.add_argument("--gpus", default=None, help="comma-separated GPUs to hold out (default: all)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("serve", help="serve predictions as JSON over HTTP")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--cost-model", default="roofline", help="roofline, or a saved model file")
+
+    p = sub.add_parser("measure", help="time a model's kernels on this machine into the dataset")
+    add_workload_args(p)
+    p.add_argument("--target", required=True, help="cpu (this host), cuda (GPU 0) or fake (no GPU: "
+                                                  "seeded timings through the CUDA path)")
+    p.add_argument("--budget", type=float, default=600.0, help="seconds to spend (default 600)")
+    p.add_argument("--root", default=None, help="dataset folder (default datasets/data)")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+
+    p = sub.add_parser("collect", help="measure every zoo model at several sizes within a budget")
+    p.add_argument("--target", required=True, help="cpu, cuda or fake")
+    p.add_argument("--models", default=None, help="comma-separated zoo names (default: all)")
+    p.add_argument("--batches", default="1,4", help="comma-separated batch sizes (default 1,4)")
+    p.add_argument("--seqs", default="64,256", help="comma-separated sequence lengths (default 64,256)")
+    p.add_argument("--dtypes", default="fp32", help="comma-separated dtypes (default fp32)")
+    p.add_argument("--budget", type=float, default=3600.0, help="seconds in all (default 3600)")
+    p.add_argument("--root", default=None, help="dataset folder (default datasets/data)")
+
     p = sub.add_parser("dataset", help="import, release, verify and summarise measured runtimes")
     ds = p.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
     q = ds.add_parser("import", help="convert public measurements into the dataset")
@@ -103,6 +141,12 @@ def _main(argv: Sequence[str] | None) -> int:
         return _targets()
     if args.command == "dataset":
         return _dataset(args)
+    if args.command in ("measure", "collect"):
+        return _measure(args)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command in ("train", "eval"):
+        return _learn(args)
     # Heavy imports wait until the arguments are known to be good.
     from costmodel.zoo import capture_model
 
@@ -179,6 +223,98 @@ def _prediction_text(result: dict, top: int) -> str:
         lines.append(f"{s['name'][:44]:<44} {'+'.join(s['ops'])[:24]:<24} "
                      f"{s['predicted_ms']:>10.4f} {s['predicted_ms'] / result['total_ms']:>7.1%}")
     return "\n".join(lines)
+
+
+def _learn(args) -> int:
+    import dataclasses
+    import time
+
+    from costmodel.dataset import DATASETS_DIR, RELEASES_DIR
+    from costmodel.gnn import GNNConfig
+    from costmodel.loader import fingerprint
+    from costmodel.train import checkpoint_name, train, training_graphs
+
+    data = Path(args.data) if args.data else _newest_release(RELEASES_DIR)
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("members", args.members)) if v}
+    cfg = dataclasses.replace(GNNConfig(seed=args.seed), **overrides)
+    graphs = training_graphs(data, DATASETS_DIR / "cache")
+    if args.command == "train":
+        start = time.perf_counter()
+        model = train(graphs, cfg, trained_on={
+            "data": data.name, "fingerprint": fingerprint(data),
+            "hardware": sorted({g.hardware for g in graphs}), "examples": len(graphs)})
+        out = Path(args.out) if args.out else Path(__file__).resolve().parent / "checkpoints"
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / checkpoint_name(cfg, fingerprint(data))
+        model.save(path)
+        print(f"trained on {len(graphs)} kernels from {data} in {time.perf_counter() - start:.0f} s; "
+              f"saved {path}")
+        return 0
+    from costmodel.evaluate import format_table, leave_one_gpu_out
+
+    rows = leave_one_gpu_out(graphs, cfg=cfg, gpus=args.gpus.split(",") if args.gpus else None)
+    if args.json:
+        print(json.dumps({k: {"n": v.n, **v.mape} for k, v in rows.items()}, indent=1))
+    else:
+        print(format_table(f"Kernel-level MAPE, leave one GPU out ({data.name}, seed {cfg.seed})", rows))
+    return 0
+
+
+def _serve(args) -> int:
+    from costmodel.serve import make_server
+
+    try:
+        server = make_server(args.host, args.port, cost_model=args.cost_model)
+    except OSError as e:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    host, port = server.server_address[:2]
+    print(f"serving predictions on http://{host}:{port} "
+          "(GET /health, /targets; POST /predict, /predict/diagram); Ctrl-C stops", file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _measure(args) -> int:
+    from costmodel import measure
+    from costmodel.dataset import DATA_DIR
+
+    root = Path(args.root or DATA_DIR)
+    if args.command == "measure":
+        counts = measure.measure(args.model, target=args.target, batch=args.batch, seq=args.seq,
+                                 dtype=args.dtype, budget_s=args.budget, root=root)
+        if args.json:
+            print(json.dumps(counts, indent=1))
+        else:
+            print(f"{counts['model']} on {counts['hardware']}: {counts['measured']} measured "
+                  f"({counts['failed']} failed), {counts['skipped']} already measured, "
+                  f"{counts['remaining']} left for another run, {counts['seconds']:.1f} s")
+        return 130 if counts["interrupted"] else 0
+
+    def ints(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(x) for x in text.split(","))
+        except ValueError:
+            raise UserError(f"expected comma-separated integers, got {text!r}") from None
+        if min(values) < 1:
+            raise UserError(f"sizes must be at least 1, got {text!r}")
+        return values
+
+    counts = measure.collect(args.models.split(",") if args.models else None, target=args.target,
+                             batches=ints(args.batches), seqs=ints(args.seqs),
+                             dtypes=tuple(args.dtypes.split(",")), budget_s=args.budget, root=root)
+    for run in counts["runs"]:
+        what = f"{run['model']} {run['batch']}x{run['seq']} {run['dtype']}"
+        print(f"{what:<28} " + (f"error: {run['error']}" if "error" in run else
+                                f"{run['measured']} measured, {run['failed']} failed, "
+                                f"{run['skipped']} skipped, {run['seconds']:.0f} s"))
+    print(f"total: {counts['measured']} measured, {counts['failed']} failed, "
+          f"{counts['skipped']} skipped")
+    return 130 if counts["interrupted"] else 0
 
 
 def _dataset(args) -> int:

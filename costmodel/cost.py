@@ -73,6 +73,13 @@ class CostModel(abc.ABC):
     @abc.abstractmethod
     def load(cls, path: str | Path) -> CostModel: ...
 
+    def predict_model(self, model: str, batch: int, seq: int, target: HardwareProfile | str,
+                      dtype: str = "fp32", plan: Plan | None = None) -> PlanCost:
+        """Capture a zoo model or Hugging Face config.json and price `plan` (default eager)."""
+        from costmodel.zoo import capture_model  # capture pulls in torch.export; load it lazily
+
+        return self.predict_plan(capture_model(model, batch, seq, dtype), target, plan)
+
     def predict_plan(self, diagram: Diagram, target: HardwareProfile | str,
                      plan: Plan | None = None) -> PlanCost:
         """Price `plan` (default: eager, one kernel per op) on `target`."""
@@ -208,8 +215,14 @@ def load_cost_model(spec: str | CostModel = "roofline") -> CostModel:
         try:
             kind = json.loads(path.read_text()).get("cost_model")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            raise UserError(f"cost model file {spec!r} is not a saved feyntune cost model") from None
-        if kind not in COST_MODELS:
-            raise unknown_choice("cost model kind", kind, COST_MODELS)
-        return COST_MODELS[kind].load(path)
+            kind = None
+        if kind in COST_MODELS:
+            return COST_MODELS[kind].load(path)
+        from costmodel.gnn import GNNCostModel  # a torch checkpoint; gnn imports this module
+
+        try:
+            return GNNCostModel.load(path)
+        except Exception as e:  # torch.load raises many types for a file that is not a checkpoint
+            raise UserError(f"cost model file {spec!r} is not a saved feyntune cost model "
+                            f"({type(e).__name__}: {e})") from None
     raise unknown_choice("cost model", spec, [*COST_MODELS, "PATH"])

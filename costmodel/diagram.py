@@ -303,6 +303,25 @@ class Diagram:
             "propagators": [{**_propagator_record(p), "bytes": p.bytes} for p in self.propagators],
         }
 
+    @classmethod
+    def from_dict(cls, doc: dict) -> Diagram:
+        """Inverse of `to_dict` (a diagram posted to the HTTP service, or read from a file).
+        Raises ValueError naming what is missing or malformed."""
+        try:
+            vertices = tuple(_vertex_from(v) for v in doc["vertices"])
+            propagators = tuple(_propagator_from(p) for p in doc["propagators"])
+            d = cls(name=str(doc.get("name", "posted")), vertices=vertices, propagators=propagators,
+                    inputs=tuple(doc.get("inputs", ())), outputs=tuple(doc.get("outputs", ())),
+                    meta=tuple((doc.get("meta") or {}).items()))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a diagram: missing or malformed {e}") from None
+        known = d.propagator.keys()
+        for v in vertices:
+            missing = [n for n in (*v.inputs, *v.outputs) if n not in known]
+            if missing:
+                raise ValueError(f"vertex {v.name!r} names unknown propagators {missing}")
+        return d
+
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 

@@ -9,6 +9,7 @@ The autotuner searches plans; the cost model prices them; both share these value
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,6 +60,41 @@ class Kernel:
 def eager_partition(diagram: Diagram) -> tuple[Subdiagram, ...]:
     """One kernel per compute op; free (view-like) ops launch nothing and are folded away."""
     return tuple(diagram.subdiagram([v.name]) for v in diagram.vertices if not v.is_free)
+
+
+EPILOGUE_KINDS = ("add", "mul", "gelu", "activation", "elementwise")  # what a matmul epilogue absorbs
+MAX_EPILOGUE = 3  # pointwise ops a matmul epilogue may absorb
+
+
+def compute_readers(diagram: Diagram, name: str) -> list[str]:
+    """Non-free vertices reading tensor `name`, looking through free (view-like) vertices."""
+    out: list[str] = []
+    for c in diagram.consumers[name]:
+        v = diagram.vertex[c]
+        if v.is_free:
+            for o in v.outputs:
+                out.extend(compute_readers(diagram, o))
+        else:
+            out.append(c)
+    return list(dict.fromkeys(out))
+
+
+def epilogue_chain(diagram: Diagram, matmul: str) -> tuple[str, ...]:
+    """Pointwise ops that follow `matmul` one by one, each the only reader of the one before
+    (through free views), with the matmul's output size: what a matmul epilogue can absorb."""
+    chain: list[str] = []
+    current = diagram.vertex[matmul]
+    numel = math.prod(current.output_shapes[0])
+    while len(chain) < MAX_EPILOGUE:
+        readers = compute_readers(diagram, current.outputs[0])
+        if len(readers) != 1:
+            break
+        nxt = diagram.vertex[readers[0]]
+        if nxt.kind not in EPILOGUE_KINDS or math.prod(nxt.output_shapes[0]) != numel:
+            break
+        chain.append(nxt.name)
+        current = nxt
+    return tuple(chain)
 
 
 def fusion_closure(diagram: Diagram, names: tuple[str, ...]) -> tuple[str, ...]:

@@ -1,8 +1,8 @@
 import pytest
 
-from autotune.space import MAX_ACCUMULATORS_PER_THREAD, Space, epilogue_chain, legal_tiles
+from autotune.space import MAX_ACCUMULATORS_PER_THREAD, Space, legal_tiles
 from costmodel.hardware import load_profile
-from costmodel.plan import Fuse, KernelConfig, Plan, Tile
+from costmodel.plan import Fuse, KernelConfig, Plan, Tile, epilogue_chain
 
 
 def test_matmuls_group_into_classes_with_their_epilogues(capture):

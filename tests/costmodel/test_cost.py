@@ -18,7 +18,8 @@ class CostModelContract:
         ms = model.predict(subs, "a100")
         assert isinstance(ms, np.ndarray) and ms.shape == (len(subs),)
         assert np.all(np.isfinite(ms)) and np.all(ms > 0)
-        assert np.array_equal(model.predict(subs[::-1], "a100"), ms[::-1])
+        # Reordering changes float32 batch arithmetic, not the answer.
+        assert np.allclose(model.predict(subs[::-1], "a100"), ms[::-1], rtol=1e-5)
 
     def test_batched_equals_one_by_one(self, model, capture):
         subs = eager_partition(capture("scgpt", 1, 32))[:20]

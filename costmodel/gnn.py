@@ -1,0 +1,175 @@
+"""The learned cost model: a graph neural network over a kernel's graph.
+
+It predicts ln(runtime ms) of a kernel (`costmodel.features.to_data`) as the roofline's ln(ms)
+plus a learned correction: the network sees the kernel's graph (message passing over its
+vertices and boundary tensors), the hardware descriptors, the kernel config and the roofline
+terms, and learns how far below peak real kernels run. Predicting the ratio to the roofline
+rather than the raw time keeps predictions on unseen hardware anchored to that hardware's
+physics. An ensemble of independently seeded members gives each prediction a spread.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch_geometric.data import Batch, Data
+from torch_geometric.nn import GINEConv, SAGEConv, global_add_pool, global_max_pool, global_mean_pool
+
+from costmodel import features
+from costmodel.cost import CostModel
+from costmodel.diagram import Subdiagram
+from costmodel.hardware import HardwareProfile, load_profile
+from costmodel.plan import KernelConfig
+
+LN10 = math.log(10.0)
+CONVS = ("gine", "sage")
+
+
+@dataclass(frozen=True)
+class GNNConfig:
+    """Frozen training arguments; their hash (with the data's fingerprint) names the checkpoint."""
+
+    conv: str = "gine"  # message passing layer, chosen by measurement (reports/gnn-architecture.md)
+    hidden: int = 64
+    layers: int = 3
+    epochs: int = 20
+    batch_size: int = 512
+    lr: float = 3e-3
+    weight_decay: float = 1e-5
+    rank_weight: float = 0.5  # pairwise ranking loss among configs of one kernel on one machine
+    members: int = 3  # ensemble size: the spread of their predictions is the uncertainty
+    seed: int = 0
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def roofline_ln_ms(data: Data | Batch) -> torch.Tensor:
+    """ln(milliseconds) of the roofline estimate carried in `data.roofline[:, 3]` (log10 seconds)."""
+    return data.roofline[:, 3] * LN10 + math.log(1e3)
+
+
+class KernelGNN(nn.Module):
+    """One ensemble member. Input: a batch of kernel graphs; output: ln(ms), one per graph."""
+
+    def __init__(self, cfg: GNNConfig, hw_dim: int) -> None:
+        super().__init__()
+        h = cfg.hidden
+        self.encode = nn.Sequential(nn.Linear(features.NODE_DIM, h), nn.ReLU(), nn.Linear(h, h))
+        self.convs = nn.ModuleList(self._conv(cfg.conv, h) for _ in range(cfg.layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(h) for _ in range(cfg.layers))
+        context = hw_dim + features.CONFIG_DIM + features.ROOFLINE_DIM
+        self.head = nn.Sequential(nn.Linear(3 * h + context, 2 * h), nn.ReLU(),
+                                  nn.Linear(2 * h, h), nn.ReLU(), nn.Linear(h, 1))
+
+    @staticmethod
+    def _conv(kind: str, h: int) -> nn.Module:
+        if kind == "gine":
+            return GINEConv(nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h)),
+                            edge_dim=features.EDGE_DIM)
+        if kind == "sage":
+            return SAGEConv(h, h)
+        raise ValueError(f"unknown conv {kind!r}; valid: {', '.join(CONVS)}")
+
+    def forward(self, data: Batch, hw: torch.Tensor) -> torch.Tensor:
+        x = self.encode(data.x)  # (N, h)
+        for conv, norm in zip(self.convs, self.norms):
+            if isinstance(conv, GINEConv):
+                update = conv(x, data.edge_index, data.edge_attr)
+            else:
+                update = conv(x, data.edge_index)
+            x = norm(x + torch.relu(update))
+        g = torch.cat([global_add_pool(x, data.batch) / 8.0, global_mean_pool(x, data.batch),
+                       global_max_pool(x, data.batch)], dim=1)  # (G, 3h)
+        z = torch.cat([g, hw, data.config, data.roofline], dim=1)
+        return roofline_ln_ms(data) + self.head(z).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """Standardises hardware descriptors with the training set's statistics."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, hw: torch.Tensor) -> Normaliser:
+        std = hw.std(dim=0)
+        return cls(tuple(hw.mean(dim=0).tolist()), tuple(torch.where(std > 1e-6, std, 1.0).tolist()))
+
+    def __call__(self, hw: torch.Tensor) -> torch.Tensor:
+        return (hw - torch.tensor(self.mean)) / torch.tensor(self.std)
+
+
+class GNNCostModel(CostModel):
+    """The ensemble as a `CostModel`: predictions are the members' mean in log space."""
+
+    name = "gnn"
+
+    def __init__(self, config: GNNConfig, members: Sequence[KernelGNN], normaliser: Normaliser,
+                 *, trained_on: dict | None = None) -> None:
+        self.config = config
+        self.members = list(members)
+        self.normaliser = normaliser
+        self.trained_on = dict(trained_on or {})  # hardware names, dataset fingerprint, ...
+        for m in self.members:
+            m.eval()
+
+    @torch.no_grad()
+    def predict_ln(self, graphs: Sequence[Data], batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) over the ensemble of ln(ms), one per graph."""
+        means, stds = [], []
+        for start in range(0, len(graphs), batch_size):
+            batch = Batch.from_data_list(list(graphs[start:start + batch_size]))
+            hw = self.normaliser(batch.hw)
+            preds = torch.stack([m(batch, hw) for m in self.members])  # (M, G)
+            means.append(preds.mean(0))
+            stds.append(preds.std(0) if len(self.members) > 1 else torch.zeros_like(preds[0]))
+        if not means:
+            return np.zeros(0), np.zeros(0)
+        return torch.cat(means).double().numpy(), torch.cat(stds).double().numpy()
+
+    def predict(self, subdiagrams: Sequence[Subdiagram], target: HardwareProfile | str,
+                configs: Sequence[KernelConfig | None] | None = None) -> np.ndarray:
+        hw = load_profile(target) if isinstance(target, str) else target
+        configs = list(configs) if configs is not None else [None] * len(subdiagrams)
+        if len(configs) != len(subdiagrams):
+            raise ValueError(f"{len(configs)} configs for {len(subdiagrams)} subdiagrams")
+        graphs = [features.to_data(s, hw, c) for s, c in zip(subdiagrams, configs)]
+        mean, _ = self.predict_ln(graphs)
+        return np.exp(mean)
+
+    def save(self, path: str | Path) -> None:
+        torch.save({"cost_model": "gnn", "config": asdict(self.config),
+                    "hw_dim": self.members[0].head[0].in_features - 3 * self.config.hidden
+                    - features.CONFIG_DIM - features.ROOFLINE_DIM,
+                    "features_version": features_version(),
+                    "members": [m.state_dict() for m in self.members],
+                    "normaliser": asdict(self.normaliser), "trained_on": self.trained_on},
+                   Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> GNNCostModel:
+        doc = torch.load(Path(path), weights_only=True)
+        if doc.get("features_version") != features_version():
+            raise ValueError(f"{path} was trained on features {doc.get('features_version')}, "
+                             f"these are {features_version()}: retrain it")
+        cfg = GNNConfig(**doc["config"])
+        members = []
+        for state in doc["members"]:
+            m = KernelGNN(cfg, doc["hw_dim"])
+            m.load_state_dict(state)
+            members.append(m)
+        norm = Normaliser(tuple(doc["normaliser"]["mean"]), tuple(doc["normaliser"]["std"]))
+        return cls(cfg, members, norm, trained_on=doc["trained_on"])
+
+
+def features_version() -> str:
+    return f"{features.NODE_DIM}:{features.EDGE_DIM}:{features.CONFIG_DIM}:{features.ROOFLINE_DIM}"

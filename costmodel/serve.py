@@ -1,0 +1,180 @@
+"""`costmodel serve`: cost predictions as JSON over HTTP.
+
+    GET  /health                  {"status": "ok", "cost_model": ...}
+    GET  /targets                 the hardware targets
+    POST /predict                 {"model", "target", "batch"?, "seq"?, "dtype"?, "plan"?: [decisions]}
+    POST /predict/diagram         {"diagram": <costmodel diagram --json>, "target", "plan"?}
+
+A bad request gets a 4xx with {"error": "..."} saying what was wrong; the server keeps
+serving. Captured diagrams are cached (a capture takes seconds, a prediction milliseconds).
+Requests run on threads; capture and prediction are serialised by one lock (torch.export is not
+thread-safe), so concurrent requests queue rather than fail.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from costmodel.cost import CostModel, load_cost_model
+from costmodel.diagram import Diagram
+from costmodel.errors import UserError
+from costmodel.hardware import list_profiles, load_profile
+from costmodel.plan import Plan
+
+MAX_BODY = 64 * 2**20  # bytes; a posted bert-large diagram is about 1 MB
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Service:
+    """What the handler calls: prediction with a diagram cache, independent of HTTP."""
+
+    def __init__(self, cost_model: CostModel, *, cache_size: int = 32) -> None:
+        self.cost_model = cost_model
+        self.lock = threading.Lock()
+        self._diagrams: OrderedDict[tuple, Diagram] = OrderedDict()
+        self._cache_size = cache_size
+
+    def diagram(self, model: str, batch: int, seq: int, dtype: str) -> Diagram:
+        from costmodel.zoo import capture_model
+
+        key = (model, batch, seq, dtype)
+        if key in self._diagrams:
+            self._diagrams.move_to_end(key)
+            return self._diagrams[key]
+        d = capture_model(model, batch, seq, dtype)
+        self._diagrams[key] = d
+        if len(self._diagrams) > self._cache_size:
+            self._diagrams.popitem(last=False)
+        return d
+
+    def predict(self, body: dict) -> dict:
+        model = _field(body, "model", str)
+        target = _field(body, "target", str)
+        batch = _field(body, "batch", int, 1)
+        seq = _field(body, "seq", int, 128)
+        dtype = _field(body, "dtype", str, "fp32")
+        with self.lock:
+            hw = load_profile(target)
+            diagram = self.diagram(model, batch, seq, dtype)
+            return self._price(diagram, hw, body, {"batch": batch, "seq": seq, "dtype": dtype})
+
+    def predict_diagram(self, body: dict) -> dict:
+        doc = _field(body, "diagram", dict)
+        target = _field(body, "target", str)
+        try:
+            diagram = Diagram.from_dict(doc)
+        except ValueError as e:
+            raise BadRequest(400, str(e)) from None
+        with self.lock:
+            return self._price(diagram, load_profile(target), body, dict(diagram.meta))
+
+    def _price(self, diagram: Diagram, hw, body: dict, info: dict) -> dict:
+        decisions = _field(body, "plan", list, [])
+        try:
+            plan = Plan.from_list(decisions)
+            priced = self.cost_model.predict_plan(diagram, hw, plan)
+        except (ValueError, TypeError) as e:
+            raise BadRequest(400, f"plan does not apply: {e}") from None
+        return {"model": diagram.name, "target": priced.target, "cost_model": priced.cost_model,
+                "diagram_hash": diagram.hash, "total_ms": priced.total_ms,
+                **{k: v for k, v in info.items() if k in ("batch", "seq", "dtype")},
+                "subdiagrams": [{**k.subdiagram.to_dict(), "predicted_ms": k.ms} for k in priced.kernels]}
+
+    def targets(self) -> dict:
+        out = []
+        for name in list_profiles():
+            hw = load_profile(name)
+            out.append({"name": hw.name, "kind": hw.kind, "aliases": list(hw.aliases),
+                        "dtypes": list(hw.dtypes), "display_name": hw.display_name})
+        return {"targets": out}
+
+
+def _field(body: dict, key: str, kind: type, default: Any = ...) -> Any:
+    if key not in body:
+        if default is ...:
+            raise BadRequest(400, f"missing field {key!r}")
+        return default
+    value = body[key]
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise BadRequest(400, f"field {key!r} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def make_handler(service: Service) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt: str, *args: Any) -> None:  # quiet: one line per error only
+            pass
+
+        def _send(self, status: int, payload: dict) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _handle(self, route) -> None:
+            try:
+                self._send(200, route())
+            except BadRequest as e:
+                self._send(e.status, {"error": str(e)})
+            except UserError as e:
+                self._send(400, {"error": str(e)})
+            except Exception as e:  # a bug must not take the server down; say what happened
+                self._send(500, {"error": f"internal error: {type(e).__name__}: {e}"})
+
+        def do_GET(self) -> None:
+            routes = {"/health": lambda: {"status": "ok", "cost_model": service.cost_model.name},
+                      "/targets": service.targets}
+            if self.path not in routes:
+                return self._send(404, {"error": f"no such path {self.path!r}; GET /health, "
+                                                 "/targets; POST /predict, /predict/diagram"})
+            self._handle(routes[self.path])
+
+        def do_POST(self) -> None:
+            routes = {"/predict": service.predict, "/predict/diagram": service.predict_diagram}
+            length = self.headers.get("Content-Length")
+            if self.path not in routes:
+                self._drain(length)
+                return self._send(404, {"error": f"no such path {self.path!r}; POST /predict, "
+                                                 "/predict/diagram"})
+            if length is None or not length.isdigit():
+                return self._send(411, {"error": "a Content-Length header is required"})
+            if int(length) > MAX_BODY:
+                self.close_connection = True
+                return self._send(413, {"error": f"body over {MAX_BODY} bytes"})
+            raw = self.rfile.read(int(length))
+            try:
+                body = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                return self._send(400, {"error": f"body is not JSON: {e}"})
+            if not isinstance(body, dict):
+                return self._send(400, {"error": "body must be a JSON object"})
+            self._handle(lambda: routes[self.path](body))
+
+        def _drain(self, length: str | None) -> None:
+            if length and length.isdigit() and int(length) <= MAX_BODY:
+                self.rfile.read(int(length))
+
+    return Handler
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the listen backlog: bursts of connections wait instead of being reset
+
+
+def make_server(host: str = "127.0.0.1", port: int = 8080, *,
+                cost_model: CostModel | str = "roofline") -> Server:
+    """A server bound to (host, port); port 0 picks a free one (`server.server_address`)."""
+    return Server((host, port), make_handler(Service(load_cost_model(cost_model))))

@@ -1,0 +1,116 @@
+"""The GNN cost model by its properties (synthetic labels: these test the machinery, not accuracy)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from costmodel.features import to_data
+from costmodel.gnn import GNNConfig, GNNCostModel, Normaliser
+from costmodel.hardware import load_profile
+from costmodel.plan import Fuse, Plan
+from costmodel.train import group_batches, ranking_loss, train
+
+from .test_cost import CostModelContract
+
+TINY = GNNConfig(hidden=16, layers=2, epochs=2, batch_size=64, members=2, seed=1)
+
+
+def examples(capture, targets=("a100", "t4")):
+    """Kernel graphs labelled with a made-up function of their roofline time."""
+    d = capture("bert-base", 1, 32)
+    fc1 = [v.name for v in d.vertices if v.kind == "matmul"][4]
+    gelu = next(v.name for v in d.vertices if v.kind == "gelu")
+    kernels = [k.subdiagram for k in Plan((Fuse((fc1, gelu)),)).kernels(d)]
+    out = []
+    for name in targets:
+        hw = load_profile(name)
+        for sub in kernels:
+            g = to_data(sub, hw)
+            g.y = g.roofline[0, 3:4] * math.log(10) + math.log(1e3) + 0.5
+            g.hardware = name
+            out.append(g)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(capture):
+    return train(examples(capture), TINY, progress=False)
+
+
+class TestGNN(CostModelContract):
+    @pytest.fixture
+    def model(self, trained):
+        return trained
+
+
+def test_same_seed_same_weights(capture):
+    graphs = examples(capture)[:40]
+    a, b = (train(graphs, TINY, progress=False) for _ in range(2))
+    for ma, mb in zip(a.members, b.members):
+        for (_, pa), (_, pb) in zip(ma.state_dict().items(), mb.state_dict().items()):
+            assert torch.equal(pa, pb)
+
+
+def test_permutation_invariance(trained, capture):
+    g = examples(capture)[3]
+    perm = torch.randperm(g.num_nodes, generator=torch.Generator().manual_seed(0))
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(len(perm))
+    h = g.clone()
+    h.x = g.x[perm]
+    h.edge_index = inverse[g.edge_index]
+    a, _ = trained.predict_ln([g])
+    b, _ = trained.predict_ln([h])
+    assert np.allclose(a, b, atol=1e-5)
+
+
+def test_batched_equals_unbatched(trained, capture):
+    graphs = examples(capture)[:30]
+    together, _ = trained.predict_ln(graphs)
+    alone = np.concatenate([trained.predict_ln([g])[0] for g in graphs])
+    assert np.allclose(together, alone, atol=1e-5)
+
+
+def test_ensemble_gives_a_spread(trained, capture):
+    _, std = trained.predict_ln(examples(capture)[:10])
+    assert std.shape == (10,) and np.all(std >= 0) and np.any(std > 0)
+
+
+def test_group_batches_keep_groups_whole(capture):
+    import random
+
+    graphs = examples(capture)
+    for g in graphs[::2]:
+        g.kernel_hash = "shared"
+    seen = [tuple(b) for b in group_batches(graphs, 8, random.Random(0))]
+    assert sorted(i for b in seen for i in b) == list(range(len(graphs)))
+    holding = [b for b in seen if any(graphs[i].kernel_hash == "shared" and graphs[i].hardware == "a100"
+                                      for i in b)]
+    assert len(holding) == 1
+
+
+def test_ranking_loss_prefers_the_right_order():
+    y = torch.tensor([1.0, 2.0, 0.0])
+    group = torch.tensor([0, 0, 1])
+    right = ranking_loss(torch.tensor([1.0, 3.0, 5.0]), y, group)
+    wrong = ranking_loss(torch.tensor([3.0, 1.0, 5.0]), y, group)
+    assert right < wrong
+    assert ranking_loss(y, y, torch.tensor([0, 1, 2])) == 0
+
+
+def test_save_load_rejects_other_features(trained, tmp_path):
+    trained.save(tmp_path / "m.pt")
+    doc = torch.load(tmp_path / "m.pt", weights_only=True)
+    doc["features_version"] = "0"
+    torch.save(doc, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="retrain"):
+        GNNCostModel.load(tmp_path / "old.pt")
+
+
+def test_normaliser_standardises():
+    hw = torch.tensor([[1.0, 5.0], [3.0, 5.0]])
+    n = Normaliser.fit(hw)
+    out = n(hw)
+    assert torch.allclose(out[:, 0], torch.tensor([-1 / math.sqrt(2), 1 / math.sqrt(2)]))
+    assert torch.equal(out[:, 1], torch.zeros(2))  # constant columns are left centred, not blown up
