@@ -103,8 +103,9 @@ class Roofline(CostModel):
     - launch overhead: the profile's per-kernel figure (an assumption, not a measurement).
     - GPU matmuls pay for tile padding and wave quantisation: with BLOCK_M x BLOCK_N tiles,
       ceil(M/BM)*ceil(N/BN)*split_k blocks spread over the SMs, and time goes as the most
-      blocks any SM runs (a part-empty last wave still costs a wave). With no config the library is modelled as picking the best
-      of LIBRARY_TILES. Split-K adds a write and read of fp32 partial sums.
+      blocks any SM runs (a part-empty last wave still costs a wave). With no config the
+      library is modelled as picking the best of LIBRARY_TILES. Split-K adds a write and read
+      of fp32 partial sums.
     It knows nothing of caches, kernel quality or dispatch gaps between kernels: a lower bound
     in spirit, the baseline the learned model must beat.
     """
@@ -140,11 +141,15 @@ class Roofline(CostModel):
         memory = (sub.bytes_read + sub.bytes_written + extra_bytes) / bandwidth(hw)
         return compute, memory
 
-    def _gemm(self, v: Vertex, hw: HardwareProfile, config: KernelConfig | None) -> tuple[float, int]:
+    def _gemm(self, v: Vertex, hw: HardwareProfile, config: KernelConfig | None,
+              library: bool = False) -> tuple[float, int]:
         if config is None:
-            return min(self._gemm(v, hw, c) for c in LIBRARY_TILES)
+            return min(self._gemm(v, hw, c, library=True) for c in LIBRARY_TILES)
         batch, m, n, k = v.gemm_shape()
-        efficiency = tile_efficiency(batch, m, n, config, hw, element_bytes=_element_bytes(v))
+        # The library's own kernels launch by construction (their K step and pipelining are
+        # not ours to model), so only tiles we choose are held to the shared-memory limit.
+        efficiency = tile_efficiency(batch, m, n, config, hw, element_bytes=_element_bytes(v),
+                                     check_fit=not library)
         extra = 2 * config.split_k * batch * m * n * 4 if config.split_k > 1 else 0
         return v.flops / (peak_flops(hw, v) * efficiency), extra
 
@@ -173,11 +178,11 @@ def blocks_per_sm(config: KernelConfig, hw: HardwareProfile, element_bytes: int)
 
 
 def tile_efficiency(batch: int, m: int, n: int, config: KernelConfig, hw: HardwareProfile,
-                    element_bytes: int) -> float:
+                    element_bytes: int, *, check_fit: bool = True) -> float:
     """Useful fraction of the machine's issued work: tile padding times wave quantisation."""
     tiles_m, tiles_n = math.ceil(m / config.block_m), math.ceil(n / config.block_n)
     padding = (m * n) / (tiles_m * config.block_m * tiles_n * config.block_n)
-    if blocks_per_sm(config, hw, element_bytes) == 0:
+    if check_fit and blocks_per_sm(config, hw, element_bytes) == 0:
         raise ValueError(f"{config} does not fit on {hw.name}: it needs "
                          f"{config.smem_bytes(element_bytes)} bytes of shared memory per block")
     # Blocks spread over SMs; co-resident blocks share an SM's throughput, so time goes as the

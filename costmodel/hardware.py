@@ -148,8 +148,10 @@ class HardwareProfile:
         """Inverse of `to_dict` (for profiles stored with measurements, e.g. a host CPU)."""
         d = dict(d)
         d["aliases"] = tuple(d.get("aliases", ()))
-        for key in ("peak_flops", "sources", "calibration"):
+        for key in ("sources", "calibration"):
             d[key] = tuple((k, v) for k, v in dict(d.get(key) or {}).items())
+        peaks = dict(d.get("peak_flops") or {})  # JSON may have sorted the keys
+        d["peak_flops"] = tuple((dtype, peaks[dtype]) for dtype in DTYPES if dtype in peaks)
         return cls(**d)
 
     def to_dict(self) -> dict:

@@ -24,7 +24,18 @@ from costmodel.diagram import Subdiagram
 from costmodel.hardware import HardwareProfile, list_profiles, load_profile
 from costmodel.plan import KernelConfig
 
-FEATURES_VERSION = f"1:{features.NODE_DIM}:{features.EDGE_DIM}:{features.CONFIG_DIM}"
+def _code_version() -> str:
+    """The feature code itself (features and the roofline terms they carry): editing it changes
+    what a cached graph would hold, so it changes the cache's name too."""
+    import inspect
+
+    from costmodel import cost
+
+    source = inspect.getsource(features) + inspect.getsource(cost)
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+FEATURES_VERSION = f"1:{features.NODE_DIM}:{features.EDGE_DIM}:{features.CONFIG_DIM}:{_code_version()}"
 
 
 def load_frames(directory: str | Path = DATA_DIR) -> dict[str, pd.DataFrame]:

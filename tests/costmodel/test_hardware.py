@@ -315,3 +315,14 @@ def test_duplicate_alias_is_rejected(tmp_path):
     (tmp_path / "p100-pcie-16gb.toml").write_text(text)
     with pytest.raises(UserError, match="'v100' is already taken"):
         list_profiles(directory=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["p100", "a100", "tpu-v4"])
+def test_profile_survives_sorted_json(name):
+    import json
+
+    from costmodel.hardware import HardwareProfile
+
+    profile = load_profile(name)
+    again = HardwareProfile.from_dict(json.loads(json.dumps(profile.to_dict(), sort_keys=True)))
+    assert again.to_dict() == profile.to_dict() and again.peak_flops == profile.peak_flops
