@@ -250,11 +250,13 @@ def _learn(args) -> int:
         print(f"trained on {len(graphs)} kernels from {data} in {time.perf_counter() - start:.0f} s; "
               f"saved {path}")
         return 0
-    from costmodel.evaluate import format_table, leave_one_gpu_out
+    from costmodel.evaluate import format_table, leave_one_gpu_out, model_workloads
 
-    rows = leave_one_gpu_out(graphs, cfg=cfg, gpus=args.gpus.split(",") if args.gpus else None)
+    rows = leave_one_gpu_out(graphs, model_workloads(data), cfg=cfg,
+                             gpus=args.gpus.split(",") if args.gpus else None)
     if args.json:
-        print(json.dumps({k: {"n": v.n, **v.mape} for k, v in rows.items()}, indent=1))
+        print(json.dumps({k: {"kernels": v.n, "kernel_mape": v.mape, "models": v.models,
+                              "model_mape": v.model_mape} for k, v in rows.items()}, indent=1))
     else:
         print(format_table(f"Kernel-level MAPE, leave one GPU out ({data.name}, seed {cfg.seed})", rows))
     return 0

@@ -11,17 +11,27 @@ top-k error ((best measured among the model's top k - true best) / true best), a
 """
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from costmodel.dataset import read_table
+from costmodel.diagram import Subdiagram
+from costmodel.features import to_data
 from costmodel.gnn import GNNConfig, roofline_ln_ms
+from costmodel.loader import hardware_profiles
 from costmodel.train import train
+
+# Vertices of a repeated transformer block (NeuSight's graphs hold block 0 of `num_layer`).
+LAYER = re.compile(r"\.(layer|layers|h|block|blocks)\.\d+(\.|$)")
 
 
 def flat_features(graphs: Sequence[Data]) -> np.ndarray:
@@ -80,22 +90,117 @@ def top_k_error(pred: Sequence[float], true: Sequence[float], k: int) -> float:
 
 
 @dataclass(frozen=True)
+class Workload:
+    """A whole model measured end to end (NeuSight's e2e latency) and the kernels of its graph:
+    `graphs[i]` runs `repeats[i]` times (once, or once per transformer block)."""
+
+    name: str
+    hardware: str
+    measured_ms: float
+    graphs: tuple[Data, ...]
+    repeats: tuple[int, ...]
+
+
+def model_workloads(data: str | Path) -> list[Workload]:
+    """Eager whole-model measurements whose graph is in the data, each with the kernels of its
+    graph: one per compute vertex (the per-vertex kernel rows measured on that GPU name them),
+    repeated `num_layer` times for vertices of the transformer block. Fused runs are left out:
+    their kernels are not the graph's."""
+    m = read_table("measurements", data)
+    m = m[m["diagram_hash"].notna()]
+    extra = m["extra_json"].map(lambda e: json.loads(e) if isinstance(e, str) else {})
+    models = m[(m["scope"] == "model") & m["runtime_ms"].notna() & ~extra.map(lambda e: bool(e.get("fusion")))]
+    nodes = m[(m["scope"] == "kernel") & extra.map(lambda e: "fx_node" in e)]
+    node_of = extra[nodes.index].map(lambda e: e["fx_node"])
+    v = read_table("vertices", data, columns=["diagram_hash", "vertex", "kind", "module", "source"])
+    vertex = {(r.diagram_hash, r.vertex): (r.kind, r.module) for r in v.itertuples()}
+    subs = read_table("subdiagrams", data, columns=["subdiagram_hash", "diagram_hash", "subdiagram_json"])
+    records = dict(zip(subs["subdiagram_hash"], subs["subdiagram_json"]))
+    profiles = hardware_profiles(data)
+    kernels: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for row, node in zip(nodes.itertuples(), node_of):
+        kind, module = vertex.get((row.diagram_hash, node), ("free", ""))
+        if kind != "free" and row.subdiagram_hash in records:
+            kernels[(row.diagram_hash, row.hardware)].append((row.subdiagram_hash, module))
+    built: dict[str, Subdiagram] = {}
+    out = []
+    for row in models.itertuples():
+        info = json.loads(row.extra_json)
+        hw = profiles.get(row.hardware)
+        here = kernels.get((row.diagram_hash, row.hardware))
+        if hw is None or not here:
+            continue
+        layers = int(info.get("num_layer") or 1)
+        graphs = []
+        for h, _ in here:
+            if h not in built:
+                built[h] = Subdiagram.from_record(json.loads(records[h]))
+            graphs.append(to_data(built[h], hw))
+        out.append(Workload(info.get("workload", row.diagram_hash), row.hardware, row.runtime_ms,
+                            tuple(graphs), tuple(layers if LAYER.search(mod) else 1 for _, mod in here)))
+    return out
+
+
+@dataclass(frozen=True)
+class Composition:
+    """Whole-model time from kernel times: a * sum(kernel ms) + b * kernels launched, fitted on
+    measured whole models (what eager execution costs between and around kernels)."""
+
+    a: float = 1.0
+    b: float = 0.0
+
+    @classmethod
+    def fit(cls, totals: np.ndarray, launches: np.ndarray, measured: np.ndarray) -> Composition:
+        if len(measured) < 2:
+            return cls()
+        # Relative least squares: each workload counts the same whatever its size.
+        X = np.stack([totals, launches], axis=1) / measured[:, None]
+        (a, b), *_ = np.linalg.lstsq(X, np.ones(len(measured)), rcond=None)
+        return cls(max(float(a), 0.0), max(float(b), 0.0))
+
+    def __call__(self, totals: np.ndarray, launches: np.ndarray) -> np.ndarray:
+        return self.a * totals + self.b * launches
+
+
+def _workload_sums(ln_fn: Callable[[Sequence[Data]], np.ndarray],
+                   workloads: Sequence[Workload]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    totals, launches, measured = [], [], []
+    for w in workloads:
+        ms = np.exp(ln_fn(list(w.graphs)))
+        totals.append(float(np.dot(ms, w.repeats)))
+        launches.append(float(sum(w.repeats)))
+        measured.append(w.measured_ms)
+    return np.array(totals), np.array(launches), np.array(measured)
+
+
+def model_mape(ln_fn: Callable[[Sequence[Data]], np.ndarray], train_w: Sequence[Workload],
+               test_w: Sequence[Workload]) -> float:
+    """Whole-model MAPE on `test_w`, with the composition fitted on `train_w`."""
+    if not test_w:
+        return float("nan")
+    comp = Composition.fit(*_workload_sums(ln_fn, train_w))
+    totals, launches, measured = _workload_sums(ln_fn, test_w)
+    return mape(comp(totals, launches), measured)
+
+
+@dataclass(frozen=True)
 class Scores:
-    mape: dict[str, float]  # method -> MAPE
-    n: int
+    mape: dict[str, float]  # method -> kernel MAPE
+    n: int  # kernels scored
+    model_mape: dict[str, float]  # method -> whole-model MAPE
+    models: int  # whole models scored
 
 
-def score_kernels(train_graphs: Sequence[Data], test_graphs: Sequence[Data], *,
-                  cfg: GNNConfig, progress: bool = False) -> tuple[Scores, object]:
-    """Train the GNN and the GBDT on one set, score them and the roofline on the other."""
+def score_fold(train_graphs: Sequence[Data], test_graphs: Sequence[Data],
+               train_w: Sequence[Workload], test_w: Sequence[Workload], *,
+               cfg: GNNConfig, progress: bool = False) -> Scores:
+    """Train the GNN and the GBDT on one side, score them and the roofline on the other."""
     true = np.exp([float(g.y[0]) for g in test_graphs])
     gnn = train(train_graphs, cfg, progress=progress)
-    gnn_ln, _ = gnn.predict_ln(list(test_graphs))
     gbdt = GBDT(seed=cfg.seed).fit(train_graphs)
-    out = {"gnn": mape(np.exp(gnn_ln), true),
-           "gbdt": mape(np.exp(gbdt.predict_ln(test_graphs)), true),
-           "roofline": mape(np.exp(roofline_ln(test_graphs)), true)}
-    return Scores(out, len(test_graphs)), gnn
+    methods = {"gnn": lambda gs: gnn.predict_ln(gs)[0], "gbdt": gbdt.predict_ln, "roofline": roofline_ln}
+    return Scores({k: mape(np.exp(f(test_graphs)), true) for k, f in methods.items()}, len(test_graphs),
+                  {k: model_mape(f, train_w, test_w) for k, f in methods.items()}, len(test_w))
 
 
 def by_hardware(graphs: Sequence[Data]) -> dict[str, list[int]]:
@@ -105,9 +210,10 @@ def by_hardware(graphs: Sequence[Data]) -> dict[str, list[int]]:
     return dict(out)
 
 
-def leave_one_gpu_out(graphs: Sequence[Data], *, cfg: GNNConfig, gpus: Sequence[str] | None = None,
-                      progress: bool = True) -> dict[str, Scores]:
-    """Per GPU: train on every other machine's kernels, score on this GPU's kernels."""
+def leave_one_gpu_out(graphs: Sequence[Data], workloads: Sequence[Workload], *, cfg: GNNConfig,
+                      gpus: Sequence[str] | None = None, progress: bool = True) -> dict[str, Scores]:
+    """Per GPU: train on every other machine's kernels (and fit the whole-model composition on
+    every other GPU's models), score this GPU's kernels and whole models."""
     groups = by_hardware(graphs)
     gpus = list(gpus or sorted(h for h in groups if not h.startswith(("cpu", "tpu"))))
     out = {}
@@ -115,18 +221,21 @@ def leave_one_gpu_out(graphs: Sequence[Data], *, cfg: GNNConfig, gpus: Sequence[
         held = set(groups[gpu])
         train_set = [g for i, g in enumerate(graphs) if i not in held]
         test_set = [graphs[i] for i in sorted(held)]
-        out[gpu], _ = score_kernels(train_set, test_set, cfg=cfg, progress=progress)
+        out[gpu] = score_fold(train_set, test_set, [w for w in workloads if w.hardware != gpu],
+                              [w for w in workloads if w.hardware == gpu], cfg=cfg, progress=progress)
     return out
 
 
 def format_table(title: str, rows: dict[str, Scores]) -> str:
     methods = ("gnn", "gbdt", "roofline")
-    lines = [title, "", f"| held out | kernels | {' | '.join(m + ' MAPE' for m in methods)} |",
-             "|---|---:|" + "---:|" * len(methods)]
+
+    def pct(x: float) -> str:
+        return "n/a" if math.isnan(x) else f"{100 * x:.1f}%"
+
+    lines = [title, "", "| held out | kernels | " + " | ".join(f"{m} kernel MAPE" for m in methods)
+             + " | models | " + " | ".join(f"{m} model MAPE" for m in methods) + " |",
+             "|---|---:|" + "---:|" * len(methods) + "---:|" + "---:|" * len(methods)]
     for name, s in rows.items():
-        lines.append(f"| {name} | {s.n} | " + " | ".join(f"{100 * s.mape[m]:.1f}%" for m in methods) + " |")
+        lines.append(f"| {name} | {s.n} | " + " | ".join(pct(s.mape[m]) for m in methods)
+                     + f" | {s.models} | " + " | ".join(pct(s.model_mape[m]) for m in methods) + " |")
     return "\n".join(lines)
-
-
-def log_ratio(pred_ms: float, true_ms: float) -> float:
-    return math.log(pred_ms / true_ms)
