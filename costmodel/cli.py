@@ -167,6 +167,8 @@ def _main(argv: Sequence[str] | None) -> int:
             raise UserError(f"plan {args.plan} does not apply to {args.model}: {e}") from None
         result = prediction_dict(priced, diagram, args)
         print(json.dumps(result, indent=1) if args.json else _prediction_text(result, args.top))
+        for warning in priced.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         return 0
 
     diagram = capture_model(args.model, args.batch, args.seq, args.dtype)
@@ -204,9 +206,12 @@ def prediction_dict(priced, diagram, args) -> dict:
         "cost_model": priced.cost_model,
         "diagram_hash": diagram.hash,
         "total_ms": priced.total_ms,
+        "kernels_ms": priced.kernels_ms,
+        "overhead_ms": priced.overhead_ms,
+        "warnings": list(priced.warnings),
         "kernels": len(priced.kernels),
         "subdiagrams": [
-            {**k.subdiagram.to_dict(), "predicted_ms": k.ms,
+            {**k.subdiagram.to_dict(), "predicted_ms": k.ms, "spread": k.spread,
              "config": None if k.config is None else vars(k.config)}
             for k in priced.kernels
         ],

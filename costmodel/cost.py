@@ -30,19 +30,48 @@ class KernelCost:
     subdiagram: Subdiagram
     config: KernelConfig | None
     ms: float
+    spread: float = 0.0  # the prediction's uncertainty: std of ln(ms) over an ensemble
 
 
 @dataclass(frozen=True)
 class PlanCost:
-    """The price of a plan: one entry per kernel, and their sum in milliseconds."""
+    """The price of a plan: one entry per kernel, what running them back to back adds (learned
+    from whole-model measurements; 0 for the roofline), and the total in milliseconds."""
 
     target: str
     cost_model: str
     kernels: tuple[KernelCost, ...]
+    overhead_ms: float = 0.0
+    warnings: tuple[str, ...] = ()  # e.g. a target far outside the hardware a model learned from
+
+    @property
+    def kernels_ms(self) -> float:
+        return float(sum(k.ms for k in self.kernels))
 
     @property
     def total_ms(self) -> float:
-        return float(sum(k.ms for k in self.kernels))
+        return self.kernels_ms + self.overhead_ms
+
+
+@dataclass(frozen=True)
+class Composition:
+    """Whole-model time from kernel times: a * sum(kernel ms) + b * kernels launched, fitted on
+    measured whole models (what eager execution costs between and around kernels)."""
+
+    a: float = 1.0
+    b: float = 0.0
+
+    @classmethod
+    def fit(cls, totals: np.ndarray, launches: np.ndarray, measured: np.ndarray) -> Composition:
+        if len(measured) < 2:
+            return cls()
+        # Relative least squares: each workload counts the same whatever its size.
+        X = np.stack([totals, launches], axis=1) / measured[:, None]
+        (a, b), *_ = np.linalg.lstsq(X, np.ones(len(measured)), rcond=None)
+        return cls(max(float(a), 0.0), max(float(b), 0.0))
+
+    def __call__(self, totals: np.ndarray, launches: np.ndarray) -> np.ndarray:
+        return self.a * totals + self.b * launches
 
 
 class CostModel(abc.ABC):

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from costmodel.cost import Composition
 from costmodel.dataset import read_table
 from costmodel.diagram import Subdiagram
 from costmodel.features import to_data
@@ -139,27 +140,6 @@ def model_workloads(data: str | Path) -> list[Workload]:
         out.append(Workload(info.get("workload", row.diagram_hash), row.hardware, row.runtime_ms,
                             tuple(graphs), tuple(layers if LAYER.search(mod) else 1 for _, mod in here)))
     return out
-
-
-@dataclass(frozen=True)
-class Composition:
-    """Whole-model time from kernel times: a * sum(kernel ms) + b * kernels launched, fitted on
-    measured whole models (what eager execution costs between and around kernels)."""
-
-    a: float = 1.0
-    b: float = 0.0
-
-    @classmethod
-    def fit(cls, totals: np.ndarray, launches: np.ndarray, measured: np.ndarray) -> Composition:
-        if len(measured) < 2:
-            return cls()
-        # Relative least squares: each workload counts the same whatever its size.
-        X = np.stack([totals, launches], axis=1) / measured[:, None]
-        (a, b), *_ = np.linalg.lstsq(X, np.ones(len(measured)), rcond=None)
-        return cls(max(float(a), 0.0), max(float(b), 0.0))
-
-    def __call__(self, totals: np.ndarray, launches: np.ndarray) -> np.ndarray:
-        return self.a * totals + self.b * launches
 
 
 def _workload_sums(ln_fn: Callable[[Sequence[Data]], np.ndarray],

@@ -23,10 +23,10 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.nn import GINEConv, SAGEConv, global_add_pool, global_max_pool, global_mean_pool
 
 from costmodel import features
-from costmodel.cost import CostModel
-from costmodel.diagram import Subdiagram
+from costmodel.cost import Composition, CostModel, KernelCost, PlanCost
+from costmodel.diagram import Diagram, Subdiagram
 from costmodel.hardware import HardwareProfile, load_profile
-from costmodel.plan import KernelConfig
+from costmodel.plan import KernelConfig, Plan
 
 LN10 = math.log(10.0)
 CONVS = ("gine", "sage")
@@ -114,13 +114,51 @@ class GNNCostModel(CostModel):
     name = "gnn"
 
     def __init__(self, config: GNNConfig, members: Sequence[KernelGNN], normaliser: Normaliser,
-                 *, trained_on: dict | None = None) -> None:
+                 *, trained_on: dict | None = None, composition: Composition = Composition(),
+                 hw_range: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> None:
         self.config = config
         self.members = list(members)
         self.normaliser = normaliser
         self.trained_on = dict(trained_on or {})  # hardware names, dataset fingerprint, ...
+        self.composition = composition
+        self.hw_range = hw_range  # (min, max) of each descriptor over the training hardware
         for m in self.members:
             m.eval()
+
+    def extrapolation(self, hw: HardwareProfile) -> list[str]:
+        """Descriptors of `hw` outside the training hardware's range by more than 10% of that
+        range (5% of the value where the range is a point): what the model never saw. Figures
+        the profile lacks are not counted (a missing figure is not an extrapolation)."""
+        if self.hw_range is None:
+            return []
+        desc = hw.descriptor()
+        out = []
+        for (key, value), lo, hi in zip(desc.items(), *self.hw_range):
+            bare = key.removeprefix("log10_")
+            if key.startswith("has_") or desc.get(f"has_{bare}", 1.0) == 0.0:
+                continue
+            margin = 0.1 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-9)
+            if value < lo - margin or value > hi + margin:
+                out.append(key)
+        return out
+
+    def predict_plan(self, diagram: Diagram, target: HardwareProfile | str,
+                     plan: Plan | None = None) -> PlanCost:
+        """Kernel times with their spread, plus the learned cost of running them back to back;
+        a target outside the training hardware is flagged in `warnings`."""
+        hw = load_profile(target) if isinstance(target, str) else target
+        kernels = (plan or Plan()).kernels(diagram)
+        graphs = [features.to_data(k.subdiagram, hw, k.config) for k in kernels]
+        mean, std = self.predict_ln(graphs)
+        ms = np.exp(mean)
+        total = float(self.composition(np.array([ms.sum()]), np.array([float(len(ms))]))[0])
+        outside = self.extrapolation(hw)
+        warnings = (f"{hw.name} lies outside the hardware this model was trained on "
+                    f"({', '.join(self.trained_on.get('hardware', []))}) in: {', '.join(outside)}; "
+                    "the prediction extrapolates",) if outside else ()
+        return PlanCost(hw.name, self.name, tuple(
+            KernelCost(k.subdiagram, k.config, float(t), float(s))
+            for k, t, s in zip(kernels, ms, std)), total - float(ms.sum()), warnings)
 
     @torch.no_grad()
     def predict_ln(self, graphs: Sequence[Data], batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +190,9 @@ class GNNCostModel(CostModel):
                     - features.CONFIG_DIM - features.ROOFLINE_DIM,
                     "features_version": features_version(),
                     "members": [m.state_dict() for m in self.members],
-                    "normaliser": asdict(self.normaliser), "trained_on": self.trained_on},
+                    "normaliser": asdict(self.normaliser), "trained_on": self.trained_on,
+                    "composition": asdict(self.composition),
+                    "hw_range": None if self.hw_range is None else [list(r) for r in self.hw_range]},
                    Path(path))
 
     @classmethod
@@ -168,7 +208,10 @@ class GNNCostModel(CostModel):
             m.load_state_dict(state)
             members.append(m)
         norm = Normaliser(tuple(doc["normaliser"]["mean"]), tuple(doc["normaliser"]["std"]))
-        return cls(cfg, members, norm, trained_on=doc["trained_on"])
+        rng = doc.get("hw_range")
+        return cls(cfg, members, norm, trained_on=doc["trained_on"],
+                   composition=Composition(**doc.get("composition", {})),
+                   hw_range=None if rng is None else (tuple(rng[0]), tuple(rng[1])))
 
 
 def features_version() -> str:

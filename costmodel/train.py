@@ -87,7 +87,9 @@ def train(graphs: Sequence[Data], cfg: GNNConfig = GNNConfig(), *, progress: boo
             bar.set_postfix(member=k, loss=f"{total / n:.4f}")
         members.append(model)
     bar.close()
-    return GNNCostModel(cfg, members, normaliser, trained_on=trained_on)
+    hw = torch.cat([g.hw for g in graphs])
+    hw_range = (tuple(hw.min(0).values.tolist()), tuple(hw.max(0).values.tolist()))
+    return GNNCostModel(cfg, members, normaliser, trained_on=trained_on, hw_range=hw_range)
 
 
 def training_graphs(data: str | Path, cache: str | Path, *, progress: bool = True) -> list[Data]:

@@ -3,8 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from costmodel.evaluate import (Composition, flat_features, kendall_tau, mape, model_workloads,
-                                top_k_error)
+from costmodel.cost import Composition
+from costmodel.evaluate import flat_features, kendall_tau, mape, model_workloads, top_k_error
 
 RELEASE = Path(__file__).resolve().parents[2] / "datasets" / "releases" / "0.1"
 

@@ -114,3 +114,22 @@ def test_normaliser_standardises():
     out = n(hw)
     assert torch.allclose(out[:, 0], torch.tensor([-1 / math.sqrt(2), 1 / math.sqrt(2)]))
     assert torch.equal(out[:, 1], torch.zeros(2))  # constant columns are left centred, not blown up
+
+
+def test_plan_prices_carry_spread_overhead_and_extrapolation(trained, capture):
+    from dataclasses import replace
+
+    from costmodel.cost import Composition
+
+    d = capture("bert-base", 1, 32)
+    plain = trained.predict_plan(d, "a100")
+    assert plain.overhead_ms == pytest.approx(0.0) and plain.warnings == ()  # trained on a100 and t4
+    assert all(k.spread >= 0 for k in plain.kernels)
+    slower = GNNCostModel(trained.config, trained.members, trained.normaliser,
+                          composition=Composition(1.5, 0.01), hw_range=trained.hw_range,
+                          trained_on={"hardware": ["a100", "t4"]})
+    priced = slower.predict_plan(d, "a100")
+    assert priced.total_ms == pytest.approx(1.5 * plain.kernels_ms + 0.01 * len(plain.kernels))
+    far = slower.predict_plan(d, "h200")
+    assert far.warnings and "extrapolates" in far.warnings[0] and "memory_bandwidth" in far.warnings[0]
+    assert replace(priced, warnings=()).total_ms == priced.total_ms
