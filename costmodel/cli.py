@@ -245,15 +245,22 @@ def _learn(args) -> int:
     graphs = training_graphs(data, DATASETS_DIR / "cache")
     if args.command == "train":
         start = time.perf_counter()
+        from costmodel.cost import Composition
+        from costmodel.evaluate import model_workloads, workload_sums
+
         model = train(graphs, cfg, trained_on={
             "data": data.name, "fingerprint": fingerprint(data),
             "hardware": sorted({g.hardware for g in graphs}), "examples": len(graphs)})
+        # How kernels add up to a whole model, from the whole-model measurements in the data.
+        model.composition = Composition.fit(*workload_sums(lambda gs: model.predict_ln(gs)[0],
+                                                           model_workloads(data)))
         out = Path(args.out) if args.out else Path(__file__).resolve().parent / "checkpoints"
         out.mkdir(parents=True, exist_ok=True)
         path = out / checkpoint_name(cfg, fingerprint(data))
         model.save(path)
         print(f"trained on {len(graphs)} kernels from {data} in {time.perf_counter() - start:.0f} s; "
-              f"saved {path}")
+              f"whole model = {model.composition.a:.3f} x kernels + {model.composition.b * 1e3:.1f} us "
+              f"x launches; saved {path}")
         return 0
     from costmodel.evaluate import format_table, leave_one_gpu_out, model_workloads
 

@@ -91,6 +91,15 @@ class CostModel(abc.ABC):
                 configs: Sequence[KernelConfig | None] | None = None) -> np.ndarray:
         """Milliseconds per subdiagram."""
 
+    @staticmethod
+    def _configs(subdiagrams: Sequence[Subdiagram],
+                 configs: Sequence[KernelConfig | None] | None) -> list[KernelConfig | None]:
+        """`configs` checked to line up with `subdiagrams` (None: the library's choice for all)."""
+        out = list(configs) if configs is not None else [None] * len(subdiagrams)
+        if len(out) != len(subdiagrams):
+            raise ValueError(f"{len(out)} configs for {len(subdiagrams)} subdiagrams")
+        return out
+
     def update(self, examples: Sequence) -> None:
         """Learn from measured (subdiagram, target, config, ms) examples."""
         raise NotImplementedError(f"the {self.name} cost model does not learn")
@@ -144,9 +153,7 @@ class Roofline(CostModel):
     def predict(self, subdiagrams: Sequence[Subdiagram], target: HardwareProfile | str,
                 configs: Sequence[KernelConfig | None] | None = None) -> np.ndarray:
         hw = load_profile(target) if isinstance(target, str) else target
-        configs = list(configs) if configs is not None else [None] * len(subdiagrams)
-        if len(configs) != len(subdiagrams):
-            raise ValueError(f"{len(configs)} configs for {len(subdiagrams)} subdiagrams")
+        configs = self._configs(subdiagrams, configs)
         return np.array([self.kernel_seconds(s, hw, c) * 1e3 for s, c in zip(subdiagrams, configs)],
                         dtype=np.float64)
 

@@ -142,7 +142,7 @@ def model_workloads(data: str | Path) -> list[Workload]:
     return out
 
 
-def _workload_sums(ln_fn: Callable[[Sequence[Data]], np.ndarray],
+def workload_sums(ln_fn: Callable[[Sequence[Data]], np.ndarray],
                    workloads: Sequence[Workload]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     totals, launches, measured = [], [], []
     for w in workloads:
@@ -158,8 +158,8 @@ def model_mape(ln_fn: Callable[[Sequence[Data]], np.ndarray], train_w: Sequence[
     """Whole-model MAPE on `test_w`, with the composition fitted on `train_w`."""
     if not test_w:
         return float("nan")
-    comp = Composition.fit(*_workload_sums(ln_fn, train_w))
-    totals, launches, measured = _workload_sums(ln_fn, test_w)
+    comp = Composition.fit(*workload_sums(ln_fn, train_w))
+    totals, launches, measured = workload_sums(ln_fn, test_w)
     return mape(comp(totals, launches), measured)
 
 

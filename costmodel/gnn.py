@@ -36,7 +36,7 @@ CONVS = ("gine", "sage")
 class GNNConfig:
     """Frozen training arguments; their hash (with the data's fingerprint) names the checkpoint."""
 
-    conv: str = "gine"  # message passing layer, chosen by measurement (reports/gnn-architecture.md)
+    conv: str = "sage"  # message passing layer, chosen by measurement (reports/gnn-architecture.md)
     hidden: int = 64
     layers: int = 3
     epochs: int = 20
@@ -177,9 +177,7 @@ class GNNCostModel(CostModel):
     def predict(self, subdiagrams: Sequence[Subdiagram], target: HardwareProfile | str,
                 configs: Sequence[KernelConfig | None] | None = None) -> np.ndarray:
         hw = load_profile(target) if isinstance(target, str) else target
-        configs = list(configs) if configs is not None else [None] * len(subdiagrams)
-        if len(configs) != len(subdiagrams):
-            raise ValueError(f"{len(configs)} configs for {len(subdiagrams)} subdiagrams")
+        configs = self._configs(subdiagrams, configs)
         graphs = [features.to_data(s, hw, c) for s, c in zip(subdiagrams, configs)]
         mean, _ = self.predict_ln(graphs)
         return np.exp(mean)
