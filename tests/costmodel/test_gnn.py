@@ -133,3 +133,4 @@ def test_plan_prices_carry_spread_overhead_and_extrapolation(trained, capture):
     far = slower.predict_plan(d, "h200")
     assert far.warnings and "extrapolates" in far.warnings[0] and "memory_bandwidth" in far.warnings[0]
     assert replace(priced, warnings=()).total_ms == priced.total_ms
+
