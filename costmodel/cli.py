@@ -90,6 +90,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs per ensemble member")
     p.add_argument("--members", type=positive_int, default=None, help="ensemble size")
     p.add_argument("--gpus", default=None, help="comma-separated GPUs to hold out (default: all)")
+    p.add_argument("--hardware", default=None, choices=("all", "physical"),
+                   help="hardware descriptors the GNN sees (default: GNNConfig's)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("serve", help="serve predictions as JSON over HTTP")
@@ -240,7 +242,8 @@ def _learn(args) -> int:
     from costmodel.train import checkpoint_name, train, training_graphs
 
     data = Path(args.data) if args.data else _newest_release(RELEASES_DIR)
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("members", args.members)) if v}
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("members", args.members),
+                                   ("hardware", getattr(args, "hardware", None))) if v}
     cfg = dataclasses.replace(GNNConfig(seed=args.seed), **overrides)
     graphs = training_graphs(data, DATASETS_DIR / "cache")
     if args.command == "train":

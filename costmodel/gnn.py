@@ -45,6 +45,10 @@ class GNNConfig:
     weight_decay: float = 1e-5
     rank_weight: float = 0.5  # pairwise ranking loss among configs of one kernel on one machine
     members: int = 3  # ensemble size: the spread of their predictions is the uncertainty
+    # Hardware inputs: "all" descriptors, or "physical" ones only (peaks, bandwidth, ridge,
+    # units, caches, clock, power): flags that only one GPU has let the head tell GPUs apart
+    # instead of learning physics (DESIGN: prefer physically meaningful quantities).
+    hardware: str = "all"
     seed: int = 0
 
     def digest(self) -> str:
@@ -92,19 +96,39 @@ class KernelGNN(nn.Module):
         return roofline_ln_ms(data) + self.head(z).squeeze(-1)
 
 
+PHYSICAL = ("is_cpu", "log10_peak_flops_fp32", "log10_vector_flops", "log10_memory_bytes",
+            "log10_memory_bandwidth", "log10_ridge_flops_per_byte", "log10_compute_units",
+            "log10_l2_bytes", "log10_shared_memory_per_unit", "boost_clock_ghz", "log10_tdp_watts")
+
+
+def hardware_columns(kind: str) -> tuple[int, ...]:
+    """Indices of the descriptor features a model of `GNNConfig.hardware` kind sees."""
+    keys = list(load_profile("a100").descriptor())
+    if kind == "all":
+        return tuple(range(len(keys)))
+    if kind == "physical":
+        return tuple(keys.index(k) for k in PHYSICAL)
+    raise ValueError(f"unknown hardware features {kind!r}; valid: all, physical")
+
+
 @dataclass(frozen=True)
 class Normaliser:
-    """Standardises hardware descriptors with the training set's statistics."""
+    """Selects the hardware descriptors a model sees and standardises them with the training
+    set's statistics."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    columns: tuple[int, ...] = ()  # () = every descriptor
 
     @classmethod
-    def fit(cls, hw: torch.Tensor) -> Normaliser:
+    def fit(cls, hw: torch.Tensor, columns: tuple[int, ...] = ()) -> Normaliser:
+        hw = hw[:, list(columns)] if columns else hw
         std = hw.std(dim=0)
-        return cls(tuple(hw.mean(dim=0).tolist()), tuple(torch.where(std > 1e-6, std, 1.0).tolist()))
+        return cls(tuple(hw.mean(dim=0).tolist()), tuple(torch.where(std > 1e-6, std, 1.0).tolist()),
+                   tuple(columns))
 
     def __call__(self, hw: torch.Tensor) -> torch.Tensor:
+        hw = hw[:, list(self.columns)] if self.columns else hw
         return (hw - torch.tensor(self.mean)) / torch.tensor(self.std)
 
 
@@ -205,7 +229,7 @@ class GNNCostModel(CostModel):
             m = KernelGNN(cfg, doc["hw_dim"])
             m.load_state_dict(state)
             members.append(m)
-        norm = Normaliser(tuple(doc["normaliser"]["mean"]), tuple(doc["normaliser"]["std"]))
+        norm = Normaliser(**{k: tuple(v) for k, v in doc["normaliser"].items()})
         rng = doc.get("hw_range")
         return cls(cfg, members, norm, trained_on=doc["trained_on"],
                    composition=Composition(**doc.get("composition", {})),

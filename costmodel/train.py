@@ -15,7 +15,7 @@ import torch
 from torch_geometric.data import Batch, Data
 from tqdm import tqdm
 
-from costmodel.gnn import GNNConfig, GNNCostModel, KernelGNN, Normaliser
+from costmodel.gnn import GNNConfig, GNNCostModel, KernelGNN, Normaliser, hardware_columns
 
 
 def group_batches(graphs: Sequence[Data], batch_size: int, rng: random.Random) -> Iterator[list[int]]:
@@ -53,8 +53,8 @@ def train(graphs: Sequence[Data], cfg: GNNConfig = GNNConfig(), *, progress: boo
     if not graphs:
         raise ValueError("no training examples")
     torch.manual_seed(cfg.seed)
-    normaliser = Normaliser.fit(torch.cat([g.hw for g in graphs]))
-    hw_dim = graphs[0].hw.shape[1]
+    normaliser = Normaliser.fit(torch.cat([g.hw for g in graphs]), hardware_columns(cfg.hardware))
+    hw_dim = len(normaliser.mean)
     group_ids: dict[tuple[str, str], int] = {}
     gid = torch.tensor([group_ids.setdefault((g.kernel_hash, g.hardware), len(group_ids))
                         for g in graphs])

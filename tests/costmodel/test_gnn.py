@@ -134,3 +134,20 @@ def test_plan_prices_carry_spread_overhead_and_extrapolation(trained, capture):
     assert far.warnings and "extrapolates" in far.warnings[0] and "memory_bandwidth" in far.warnings[0]
     assert replace(priced, warnings=()).total_ms == priced.total_ms
 
+
+
+def test_physical_hardware_inputs(capture, tmp_path):
+    from dataclasses import replace
+
+    from costmodel.gnn import PHYSICAL, hardware_columns
+
+    cols = hardware_columns("physical")
+    assert len(cols) == len(PHYSICAL) < len(hardware_columns("all"))
+    model = train(examples(capture), replace(TINY, hardware="physical", members=1), progress=False)
+    assert model.normaliser.columns == cols and len(model.normaliser.mean) == len(cols)
+    model.save(tmp_path / "m.pt")
+    again = GNNCostModel.load(tmp_path / "m.pt")
+    graphs = examples(capture)[:5]
+    assert np.allclose(again.predict_ln(graphs)[0], model.predict_ln(graphs)[0])
+    with pytest.raises(ValueError, match="physical"):
+        hardware_columns("identity")
