@@ -84,7 +84,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--out", default=None, help="checkpoint folder (default costmodel/checkpoints)")
 
     p = sub.add_parser("eval", help="score the GNN and the baselines on held-out data")
-    p.add_argument("--protocol", required=True, choices=("leave-one-gpu-out",))
+    p.add_argument("--protocol", required=True, choices=("leave-one-gpu-out", "leave-one-model-out"))
     p.add_argument("--data", default=None, help="release folder (default: the newest release)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs per ensemble member")
@@ -265,15 +265,20 @@ def _learn(args) -> int:
               f"whole model = {model.composition.a:.3f} x kernels + {model.composition.b * 1e3:.1f} us "
               f"x launches; saved {path}")
         return 0
-    from costmodel.evaluate import format_table, leave_one_gpu_out, model_workloads
+    from costmodel.evaluate import format_table, leave_one_gpu_out, leave_one_model_out, model_workloads
 
-    rows = leave_one_gpu_out(graphs, model_workloads(data), cfg=cfg,
-                             gpus=args.gpus.split(",") if args.gpus else None)
+    if args.protocol == "leave-one-gpu-out":
+        rows = leave_one_gpu_out(graphs, model_workloads(data), cfg=cfg,
+                                 gpus=args.gpus.split(",") if args.gpus else None)
+        title = f"Leave one GPU out ({data.name}, seed {cfg.seed})"
+    else:
+        rows = leave_one_model_out(graphs, model_workloads(data), cfg=cfg)
+        title = f"Leave one model family out ({data.name}, seed {cfg.seed})"
     if args.json:
         print(json.dumps({k: {"kernels": v.n, "kernel_mape": v.mape, "models": v.models,
                               "model_mape": v.model_mape} for k, v in rows.items()}, indent=1))
     else:
-        print(format_table(f"Kernel-level MAPE, leave one GPU out ({data.name}, seed {cfg.seed})", rows))
+        print(format_table(title, rows))
     return 0
 
 

@@ -100,6 +100,12 @@ class Workload:
     measured_ms: float
     graphs: tuple[Data, ...]
     repeats: tuple[int, ...]
+    diagram_hash: str = ""
+
+    @property
+    def family(self) -> str:
+        """The model family: NeuSight's workload name up to its first '-' (bert_large, gpt3_xl)."""
+        return self.name.split("-")[0]
 
 
 def model_workloads(data: str | Path) -> list[Workload]:
@@ -138,7 +144,8 @@ def model_workloads(data: str | Path) -> list[Workload]:
                 built[h] = Subdiagram.from_record(json.loads(records[h]))
             graphs.append(to_data(built[h], hw))
         out.append(Workload(info.get("workload", row.diagram_hash), row.hardware, row.runtime_ms,
-                            tuple(graphs), tuple(layers if LAYER.search(mod) else 1 for _, mod in here)))
+                            tuple(graphs), tuple(layers if LAYER.search(mod) else 1 for _, mod in here),
+                            row.diagram_hash))
     return out
 
 
@@ -203,6 +210,21 @@ def leave_one_gpu_out(graphs: Sequence[Data], workloads: Sequence[Workload], *, 
         test_set = [graphs[i] for i in sorted(held)]
         out[gpu] = score_fold(train_set, test_set, [w for w in workloads if w.hardware != gpu],
                               [w for w in workloads if w.hardware == gpu], cfg=cfg, progress=progress)
+    return out
+
+
+def leave_one_model_out(graphs: Sequence[Data], workloads: Sequence[Workload], *, cfg: GNNConfig,
+                        progress: bool = True) -> dict[str, Scores]:
+    """Per model family: train without any kernel measured in that family's graphs (kernel
+    micro-benchmarks stay: they belong to no model) and fit the composition on the other
+    families; score the family's whole models on every GPU, and its kernels."""
+    out = {}
+    for family in sorted({w.family for w in workloads}):
+        held = {w.diagram_hash for w in workloads if w.family == family}
+        train_set = [g for g in graphs if g.diagram_hash not in held]
+        test_set = [g for g in graphs if g.diagram_hash in held]
+        out[family] = score_fold(train_set, test_set, [w for w in workloads if w.family != family],
+                                 [w for w in workloads if w.family == family], cfg=cfg, progress=progress)
     return out
 
 

@@ -25,13 +25,14 @@ from costmodel.hardware import HardwareProfile, list_profiles, load_profile
 from costmodel.plan import KernelConfig
 
 def _code_version() -> str:
-    """The feature code itself (features and the roofline terms they carry): editing it changes
-    what a cached graph would hold, so it changes the cache's name too."""
+    """The code that builds an example (this loader, the features and the roofline terms they
+    carry): editing it changes what a cached graph would hold, so it changes the cache's name."""
     import inspect
+    import sys
 
     from costmodel import cost
 
-    source = inspect.getsource(features) + inspect.getsource(cost)
+    source = inspect.getsource(features) + inspect.getsource(cost) + inspect.getsource(sys.modules[__name__])
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
@@ -136,5 +137,6 @@ class KernelDataset(InMemoryDataset):
             data.hardware = row.hardware
             data.source = row.source
             data.measurement_id = row.measurement_id
+            data.diagram_hash = row.diagram_hash if isinstance(row.diagram_hash, str) else ""
             graphs.append(data)
         self.save(graphs, self.processed_paths[0])

@@ -36,3 +36,30 @@ def test_neusight_workloads_are_whole_models():
     per_block = sum(1 for r in bert.repeats if r == 24)
     assert per_block >= 10 and sum(bert.repeats) == 24 * per_block + (len(bert.repeats) - per_block)
     assert flat_features(bert.graphs).shape[0] == len(bert.graphs)
+
+
+def test_leave_one_model_out_keeps_the_family_out_of_training(capture, monkeypatch):
+    import costmodel.evaluate as ev
+    from costmodel.evaluate import Workload, leave_one_model_out
+    from costmodel.gnn import GNNConfig
+
+    from .test_gnn import examples
+
+    graphs = examples(capture)
+    for i, g in enumerate(graphs):
+        g.diagram_hash = ["bert-graph", "gpt-graph", ""][i % 3]
+    workloads = [Workload(f"{fam}-inf-128-1", hw, 1.0, tuple(graphs[:3]), (1, 1, 1), dh)
+                 for fam, dh in (("bert_large", "bert-graph"), ("gpt2_large", "gpt-graph"))
+                 for hw in ("a100", "t4")]
+    seen = []
+
+    def fake_fold(train_set, test_set, train_w, test_w, **kw):
+        seen.append(({g.diagram_hash for g in train_set}, {g.diagram_hash for g in test_set},
+                     {w.family for w in train_w}, {w.family for w in test_w}))
+        return None
+
+    monkeypatch.setattr(ev, "score_fold", fake_fold)
+    rows = leave_one_model_out(graphs, workloads, cfg=GNNConfig(), progress=False)
+    assert list(rows) == ["bert_large", "gpt2_large"]
+    assert seen[0] == ({"gpt-graph", ""}, {"bert-graph"}, {"gpt2_large"}, {"bert_large"})
+    assert seen[1] == ({"bert-graph", ""}, {"gpt-graph"}, {"bert_large"}, {"gpt2_large"})
