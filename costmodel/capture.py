@@ -78,11 +78,12 @@ def normalise(name: str) -> str | None:
     return _KIND_OF.get(name)
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
+def tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in a value: a tensor, or nested lists and tuples of them, in order."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
+        return [t for v in value for t in tensors(v)]
     return []
 
 
@@ -100,7 +101,7 @@ def _node_inputs(node: torch.fx.Node) -> list[torch.fx.Node]:
 
     def visit(a: Any) -> None:
         if isinstance(a, torch.fx.Node):
-            if _tensors(a.meta.get("val")):
+            if tensors(a.meta.get("val")):
                 found.append(a)
         elif isinstance(a, (list, tuple)):
             for x in a:
@@ -309,16 +310,16 @@ def diagram_from_graph(gm: torch.fx.GraphModule, signature: Any, *, name: str, d
         if node.op != "call_function":
             continue
         base = op_name(node.target)
-        outs = _tensors(val)
+        outs = tensors(val)
         if base in _IGNORED or not outs:
             continue
         in_nodes = _node_inputs(node)
-        ins = [_tensors(n.meta["val"])[0] for n in in_nodes]
+        ins = [tensors(n.meta["val"])[0] for n in in_nodes]
         kind = normalise(base)
         if base == "getitem":
             src = node.args[0]
             in_name = out_names[src][node.args[1]]
-            ins = [_tensors(src.meta["val"])[node.args[1]]]
+            ins = [tensors(src.meta["val"])[node.args[1]]]
             in_names = [in_name]
         else:
             in_names = [_single(out_names[n], n) for n in in_nodes]
@@ -421,7 +422,7 @@ def single_op(op: Any, inputs: list[torch.Tensor], *, args: tuple = (), kwargs: 
     kwargs = kwargs or {}
     inputs = [t if t.device.type == "meta" else t.to("meta") for t in inputs]
     with torch.no_grad():
-        outs = _tensors(op(*inputs, *args, **kwargs))
+        outs = tensors(op(*inputs, *args, **kwargs))
     base = op_name(op)
     kind = normalise(base) or ("elementwise" if base in ("to", "_to_copy") else None)
     if kind is None:

@@ -55,6 +55,7 @@ from typing import Any
 import torch
 import torch.fx
 
+from costmodel.capture import tensors
 from costmodel.cost import Roofline
 from costmodel.dataset import (
     DATA_DIR,
@@ -654,7 +655,7 @@ _TOLERANCE = {"fp32": 1e-3, "tf32": 2e-2, "fp16": 2e-2, "bf16": 6e-2}  # relativ
 
 def _mismatch(out: Any, ref: Any, dtype: str) -> str | None:
     """Why `out` differs from `ref` beyond the dtype's tolerance, or None when it does not."""
-    outs, refs = _flat_tensors(out), _flat_tensors(ref)
+    outs, refs = tensors(out), tensors(ref)
     if len(outs) != len(refs):
         return f"{len(outs)} outputs, eager gives {len(refs)}"
     for i, (o, r) in enumerate(zip(outs, refs)):
@@ -675,14 +676,6 @@ def _mismatch(out: Any, ref: Any, dtype: str) -> str | None:
         if err > _TOLERANCE.get(dtype, 1e-3) * max(scale, 1.0):
             return f"output {i}: max abs error {err:.3g} (max |eager| {scale:.3g})"
     return None
-
-
-def _flat_tensors(x: Any) -> list[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _flat_tensors(v)]
-    return []
 
 
 def _slug(text: str) -> str:

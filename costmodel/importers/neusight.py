@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from costmodel.capture import single_op
+from costmodel.capture import single_op, tensors
 from costmodel.dataset import (DATA_DIR, Provenance, RowSink, ShardWriter, diagram_rows, dumps,
                                hardware_row, measurement_row)
 from costmodel.diagram import Diagram, Propagator, Subdiagram, Vertex
@@ -436,14 +436,6 @@ def _module_info(meta: str, target: str) -> tuple[str, str]:
     return path, cls.rsplit(".", 1)[-1]
 
 
-def _tensor_list(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensor_list(v)]
-    return []
-
-
 def _config_value(config: dict, keys: tuple[str, ...], default: Any) -> Any:
     return next((config[k] for k in keys if config.get(k) is not None), default)
 
@@ -520,7 +512,7 @@ class _Reader:
             if out_dtype is None:  # a Python value we cannot compute: later nodes will say so
                 return False
             value, call = None, None
-        outs = _tensor_list(value)
+        outs = tensors(value)
         if value is not None and not outs:
             self.env[name] = value
             self.python_nodes += 1
@@ -597,7 +589,7 @@ class _Reader:
             if what not in _PY_METHODS:
                 raise KeyError(f"method {what!r} is not mapped")
             value = getattr(args[0], what)(*args[1:], **kwargs)
-            if not _tensor_list(value):
+            if not tensors(value):
                 return value, None
             return value, self.method(what, args, kwargs, named, value)
         if what == "getattr":
@@ -607,7 +599,7 @@ class _Reader:
         if what not in _PY_FUNCTIONS:
             raise KeyError(f"function {what!r} is not mapped")
         value = _PY_FUNCTIONS[what](*args, **kwargs)
-        if not _tensor_list(value):
+        if not tensors(value):
             return value, None
         return value, self.function(what, args, kwargs, refs, named, value)
 
