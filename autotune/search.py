@@ -1,28 +1,32 @@
 """Optuna search over a `Space`, scored by a cost model.
 
-Each trial picks, per matmul class, how many epilogue ops to fuse and a tile config; the
-objective is the predicted time of the whole plan in milliseconds. Kernel prices are cached by
-(kernel content hash, config), so a kernel shared by every layer is priced once and a trial only
-sends the cost model the kernels it has not seen.
+Each trial assigns a label to every `Param` of the space; the objective is the predicted time of
+the whole plan in milliseconds. Trials are asked in batches and their plans priced together: a
+kernel's price is cached by (content hash, config), so a kernel shared by every layer is priced
+once and each batch sends the cost model only the kernels no trial has seen.
+
+Illegal assignments (groups that overlap into an illegal kernel) are scored as the eager plan and
+marked infeasible (a trial constraint, which TPE uses to steer away). Priors enter as enqueued trials. With a storage (a
+journal file, SQLite or PostgreSQL URL) the study outlives the process: rerunning the same
+search resumes it, and `autotune worker` processes can share it.
 """
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import optuna
+from optuna.trial import TrialState
 from tqdm import tqdm
 
-from autotune.space import Space
+from autotune.space import Space, tile_label
 from costmodel.cost import CostModel, PlanCost
 from costmodel.plan import KernelConfig, Plan
 
-LIBRARY = "library"
-
-
-def tile_label(c: KernelConfig) -> str:
-    return f"{c.block_m}x{c.block_n}x{c.block_k} w{c.num_warps} s{c.num_stages} k{c.split_k}"
+SAMPLERS = ("tpe", "random")
+BATCH = 8  # trials asked, priced and told together
 
 
 @dataclass(frozen=True)
@@ -31,11 +35,20 @@ class SearchResult:
     baseline: PlanCost
     best: PlanCost
     trials: int
-    history: tuple[float, ...]  # predicted ms of each trial, in order
+    history: tuple[float, ...]  # predicted ms of each complete trial, in trial order
+    study_name: str = ""
+    suggested: int = 0  # prior suggestions enqueued
 
     @property
     def speedup(self) -> float:
         return self.baseline.total_ms / self.best.total_ms
+
+    @property
+    def speedup_spread(self) -> float:
+        """Std of ln(speedup) from the kernels' ensemble spreads (0 for a deterministic model)."""
+        var = sum((k.ms * k.spread) ** 2 for k in self.best.kernels) / self.best.kernels_ms ** 2 \
+            + sum((k.ms * k.spread) ** 2 for k in self.baseline.kernels) / self.baseline.kernels_ms ** 2
+        return var ** 0.5
 
 
 class Evaluator:
@@ -47,66 +60,149 @@ class Evaluator:
         self._ms: dict[tuple[str, KernelConfig | None], float] = {}
 
     def total_ms(self, plan: Plan) -> float:
-        kernels = plan.kernels(self.space.diagram)
-        keys = [(k.subdiagram.hash, k.config) for k in kernels]
-        missing = {key: k for key, k in zip(keys, kernels) if key not in self._ms}
+        return self.total_ms_many([plan])[0]
+
+    def total_ms_many(self, plans: Sequence[Plan]) -> list[float]:
+        kernels = [plan.kernels(self.space.diagram) for plan in plans]
+        missing = {}
+        for ks in kernels:
+            for k in ks:
+                key = (k.subdiagram.hash, k.config)
+                if key not in self._ms and key not in missing:
+                    missing[key] = k
         if missing:
             todo = list(missing.values())
             ms = self.cost_model.predict([k.subdiagram for k in todo], self.space.target,
                                          [k.config for k in todo])
             self._ms.update(zip(missing, map(float, ms)))
-        return sum(self._ms[key] for key in keys)
+        return [self.cost_model.plan_total(sum(self._ms[(k.subdiagram.hash, k.config)] for k in ks),
+                                           len(ks)) for ks in kernels]
 
 
-def _choices(space: Space, params: dict) -> dict[str, tuple[int, KernelConfig | None]]:
-    out = {}
-    for i, cls in enumerate(space.classes):
-        tiles = {tile_label(c): c for c in space.tiles.get(cls.dtype, ())}
-        out[cls.key] = (params.get(f"c{i}.fuse", 0), tiles.get(params.get(f"c{i}.tile", LIBRARY)))
-    return out
+def _legal(trial: optuna.trial.FrozenTrial) -> bool:
+    return "illegal" not in trial.user_attrs
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}; choose from {SAMPLERS}")
+
+
+def starts(space: Space) -> list[dict[str, str]]:
+    """Two starts every search sees: eager as it is, and every fusion taken where legal."""
+    eager = {p.name: p.choices[0] for p in space.params}
+    fused = {p.name: (p.choices[-1] if p.level == "mid" and p.name.endswith(".fuse") else p.choices[0])
+             for p in space.params}
+    for name in [p.name for p in space.params if p.name.startswith("ln")]:
+        try:
+            space.plan_from(fused)
+            break
+        except ValueError:
+            fused[name] = "0"  # the residual add goes to the matmul epilogue instead
+    return [eager, fused]
+
+
+def open_study(name: str, storage: str | optuna.storages.BaseStorage | None, sampler: str,
+               seed: int, attrs: Mapping | None = None) -> optuna.Study:
+    """Create the study, or load it if the storage has one of that name (resume)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
+                                sampler=make_sampler(sampler, seed), load_if_exists=True)
+    for key, value in (attrs or {}).items():
+        if key not in study.user_attrs:
+            study.set_user_attr(key, value)
+    return study
+
+
+def run_trials(study: optuna.Study, space: Space, evaluator: Evaluator, trials: int, *,
+               time_budget: float | None = None, progress: bool = True, batch: int = BATCH,
+               desc: str = "autotune") -> int:
+    """Ask, price and tell `trials` trials (fewer if the time budget runs out). A trial cut off
+    by Ctrl-C is told as failed, so the storage keeps every finished trial and no stale one."""
+    params = space.params
+    bar = tqdm(total=trials, desc=desc, unit="trial", file=sys.stderr, disable=not progress,
+               mininterval=0.5)
+    start, done = time.monotonic(), 0
+    try:
+        while done < trials and (time_budget is None or time.monotonic() - start < time_budget):
+            asked: list[optuna.Trial] = []
+            told: set[int] = set()
+            try:
+                for _ in range(min(batch, trials - done)):
+                    asked.append(study.ask())
+                plans, legal = [], []
+                for t in asked:
+                    assignment = {p.name: t.suggest_categorical(p.name, p.choices) for p in params}
+                    try:
+                        plans.append(space.plan_from(assignment))
+                        legal.append(True)
+                    except ValueError as e:
+                        t.set_user_attr("illegal", str(e)[:200])
+                        plans.append(Plan())
+                        legal.append(False)
+                values = evaluator.total_ms_many(plans)
+                for t, value, ok in zip(asked, values, legal):
+                    t.set_constraint("legal", 0.0 if ok else 1.0)
+                    study.tell(t, value)
+                    told.add(t.number)
+            except BaseException:
+                for t in asked:
+                    if t.number not in told:
+                        study.tell(t, state=TrialState.FAIL)
+                raise
+            done += len(asked)
+            bar.update(len(asked))
+            bar.set_postfix(best_ms=f"{study.best_value:.3f}")
+    finally:
+        bar.close()
+    return done
+
+
+def best_plan(study: optuna.Study, space: Space) -> Plan:
+    feasible = [t for t in study.trials if t.state == TrialState.COMPLETE and _legal(t)]
+    if not feasible:
+        return Plan()
+    best = min(feasible, key=lambda t: (t.value, t.number))
+    return space.plan_from({k: v for k, v in best.params.items()})
 
 
 def search(space: Space, cost_model: CostModel, *, trials: int = 200, seed: int = 0,
-           progress: bool = True) -> SearchResult:
-    """Run `trials` Optuna trials (TPE, seeded) and return the best plan found."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+           progress: bool = True, suggestions: Sequence[Mapping[str, str]] = (),
+           storage: str | optuna.storages.BaseStorage | None = None, study_name: str = "autotune",
+           sampler: str = "tpe", time_budget: float | None = None,
+           attrs: Mapping | None = None) -> SearchResult:
+    """Search `trials` trials (in all, counting those a resumed study already holds; or until
+    `time_budget` seconds) and return the best plan found. `suggestions` (from a prior) are
+    enqueued after the eager and all-fused starts."""
+    study = open_study(study_name, storage, sampler, seed, attrs)
     evaluator = Evaluator(space, cost_model)
+    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    suggested = 0
+    if not study.trials:
+        for given in [*starts(space), *suggestions]:  # a param left out takes what eager does
+            study.enqueue_trial({p.name: given.get(p.name, p.choices[0]) for p in space.params},
+                                skip_if_exists=True)
+        suggested = len(suggestions)
+    elif progress:
+        print(f"resuming study {study_name!r}: {len(finished)} trials done", file=sys.stderr)
+    run_trials(study, space, evaluator, max(0, trials - len(finished)), time_budget=time_budget,
+               progress=progress)
+    return result_of(study, space, cost_model, suggested)
 
-    def objective(trial: optuna.Trial) -> float:
-        for i, cls in enumerate(space.classes):
-            trial.suggest_int(f"c{i}.fuse", 0, len(cls.sites[0][1]))
-            tiles = space.tiles.get(cls.dtype, ())
-            if tiles:
-                trial.suggest_categorical(f"c{i}.tile", [LIBRARY, *map(tile_label, tiles)])
-        return evaluator.total_ms(space.plan(_choices(space, trial.params)))
 
-    study = optuna.create_study(direction="minimize",
-                                sampler=optuna.samplers.TPESampler(seed=seed))
-    # Two starts every search should see: eager as it is, and every epilogue fused.
-    for depth in ("none", "all"):
-        params = {}
-        for i, cls in enumerate(space.classes):
-            params[f"c{i}.fuse"] = 0 if depth == "none" else len(cls.sites[0][1])
-            if space.tiles.get(cls.dtype):
-                params[f"c{i}.tile"] = LIBRARY
-        study.enqueue_trial(params)
-    bar = tqdm(total=trials, desc="autotune", unit="trial", file=sys.stderr, disable=not progress,
-               mininterval=0.5)
-
-    def tick(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        bar.update(1)
-        bar.set_postfix(best_ms=f"{study.best_value:.3f}")
-
-    try:
-        study.optimize(objective, n_trials=trials, callbacks=[tick])
-    finally:
-        bar.close()
-    best_plan = space.plan(_choices(space, study.best_params))
-    space.check(best_plan)
+def result_of(study: optuna.Study, space: Space, cost_model: CostModel,
+              suggested: int = 0) -> SearchResult:
+    plan = best_plan(study, space)
+    space.check(plan)
     baseline = cost_model.predict_plan(space.diagram, space.target, Plan())
-    best = cost_model.predict_plan(space.diagram, space.target, best_plan)
-    history = tuple(t.value for t in study.trials if t.value is not None)
-    return SearchResult(best_plan, baseline, best, len(study.trials), history)
+    best = cost_model.predict_plan(space.diagram, space.target, plan)
+    complete = sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
+                      key=lambda t: t.number)
+    return SearchResult(plan, baseline, best, len(complete), tuple(t.value for t in complete),
+                        study.study_name, suggested)
 
 
 def changes(plan: Plan) -> dict[str, list[str]]:
@@ -132,10 +228,12 @@ def plan_document(result: SearchResult, *, model: str, diagram_hash: str, batch:
         "diagram_hash": diagram_hash,
         "cost_model": result.best.cost_model,
         "seed": seed,
+        "study": result.study_name,
         "trials": result.trials,
         "baseline_ms": result.baseline.total_ms,
         "plan_ms": result.best.total_ms,
         "predicted_speedup": result.speedup,
+        "speedup_spread": result.speedup_spread,
         "decisions": result.plan.to_list(),
         **(extra or {}),
     }
@@ -143,3 +241,4 @@ def plan_document(result: SearchResult, *, model: str, diagram_hash: str, batch:
 
 def top_kernels(cost: PlanCost, n: int) -> Sequence:
     return sorted(cost.kernels, key=lambda k: -k.ms)[:n]
+

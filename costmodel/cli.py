@@ -66,7 +66,8 @@ def _parser() -> ArgumentParser:
     add_workload_args(p)
     p.add_argument("--target", required=True, help="hardware target, e.g. a100, h100, t4, cpu")
     p.add_argument("--plan", default="eager", help="eager (one kernel per op) or a plan.json")
-    p.add_argument("--cost-model", default="roofline", help="roofline, or a saved model file")
+    p.add_argument("--cost-model", default="gnn",
+                   help="gnn (default: the shipped checkpoint), roofline, or a saved model file")
     p.add_argument("--top", type=positive_int, default=10, help="kernels to list (text output)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -82,9 +83,13 @@ def _parser() -> ArgumentParser:
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs per ensemble member")
     p.add_argument("--members", type=positive_int, default=None, help="ensemble size")
     p.add_argument("--out", default=None, help="checkpoint folder (default costmodel/checkpoints)")
+    p.add_argument("--make-default", action="store_true",
+                   help="make this checkpoint the one `--cost-model gnn` loads")
 
     p = sub.add_parser("eval", help="score the GNN and the baselines on held-out data")
-    p.add_argument("--protocol", required=True, choices=("leave-one-gpu-out", "leave-one-model-out"))
+    p.add_argument("--protocol", required=True,
+                   choices=("leave-one-gpu-out", "leave-one-model-out", "ranking"),
+                   help="ranking: order of configs of one kernel on one machine, on held-out groups")
     p.add_argument("--data", default=None, help="release folder (default: the newest release)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs per ensemble member")
@@ -97,7 +102,8 @@ def _parser() -> ArgumentParser:
     p = sub.add_parser("serve", help="serve predictions as JSON over HTTP")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
-    p.add_argument("--cost-model", default="roofline", help="roofline, or a saved model file")
+    p.add_argument("--cost-model", default="gnn",
+                   help="gnn (default: the shipped checkpoint), roofline, or a saved model file")
 
     p = sub.add_parser("measure", help="time a model's kernels on this machine into the dataset")
     add_workload_args(p)
@@ -237,7 +243,7 @@ def _learn(args) -> int:
     import time
 
     from costmodel.dataset import DATASETS_DIR, RELEASES_DIR
-    from costmodel.gnn import GNNConfig
+    from costmodel.gnn import DEFAULT_POINTER, GNNConfig
     from costmodel.loader import fingerprint
     from costmodel.train import checkpoint_name, train, training_graphs
 
@@ -261,12 +267,30 @@ def _learn(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         path = out / checkpoint_name(cfg, fingerprint(data))
         model.save(path)
+        if args.make_default:
+            (out / DEFAULT_POINTER).write_text(path.name + "\n")
         print(f"trained on {len(graphs)} kernels from {data} in {time.perf_counter() - start:.0f} s; "
               f"whole model = {model.composition.a:.3f} x kernels + {model.composition.b * 1e3:.1f} us "
               f"x launches; saved {path}")
         return 0
-    from costmodel.evaluate import format_table, leave_one_gpu_out, leave_one_model_out, model_workloads
+    from costmodel.evaluate import (
+        format_ranking_table,
+        format_table,
+        leave_one_gpu_out,
+        leave_one_model_out,
+        model_workloads,
+        ranking,
+        ranking_groups,
+    )
 
+    if args.protocol == "ranking":
+        ranked = ranking(graphs, ranking_groups(data), cfg=cfg)
+        if args.json:
+            print(json.dumps({k: v.to_dict() for k, v in ranked.items()}, indent=1))
+        else:
+            print(format_ranking_table(f"Ranking configs on held-out groups ({data.name}, seed {cfg.seed})",
+                                       ranked))
+        return 0
     if args.protocol == "leave-one-gpu-out":
         rows = leave_one_gpu_out(graphs, model_workloads(data), cfg=cfg,
                                  gpus=args.gpus.split(",") if args.gpus else None)

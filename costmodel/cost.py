@@ -100,6 +100,11 @@ class CostModel(abc.ABC):
             raise ValueError(f"{len(out)} configs for {len(subdiagrams)} subdiagrams")
         return out
 
+    def plan_total(self, kernels_ms: float, launches: int) -> float:
+        """Whole-plan time from the sum of its kernel times and the kernels launched (a learned
+        model adds what eager execution costs between kernels; the roofline adds nothing)."""
+        return kernels_ms
+
     def update(self, examples: Sequence) -> None:
         """Learn from measured (subdiagram, target, config, ms) examples."""
         raise NotImplementedError(f"the {self.name} cost model does not learn")
@@ -114,7 +119,9 @@ class CostModel(abc.ABC):
     def predict_model(self, model: str, batch: int, seq: int, target: HardwareProfile | str,
                       dtype: str = "fp32", plan: Plan | None = None) -> PlanCost:
         """Capture a zoo model or Hugging Face config.json and price `plan` (default eager)."""
-        from costmodel.zoo import capture_model  # capture pulls in torch.export; load it lazily
+        from costmodel.zoo import (
+            capture_model,  # capture pulls in torch.export; load it lazily
+        )
 
         return self.predict_plan(capture_model(model, batch, seq, dtype), target, plan)
 
@@ -172,6 +179,8 @@ class Roofline(CostModel):
                 seconds, extra = self._gemm(v, hw, config)
                 compute += seconds
                 extra_bytes += extra
+            elif v.kind == "attention" and hw.kind == "gpu" and config is not None:
+                compute += self._attention(v, hw, config)
             else:
                 compute += v.flops / peak_flops(hw, v)
         memory = (sub.bytes_read + sub.bytes_written + extra_bytes) / bandwidth(hw)
@@ -189,6 +198,18 @@ class Roofline(CostModel):
         extra = 2 * config.split_k * batch * m * n * 4 if config.split_k > 1 else 0
         return v.flops / (peak_flops(hw, v) * efficiency), extra
 
+    def _attention(self, v: Vertex, hw: HardwareProfile, config: KernelConfig) -> float:
+        """A flash-style attention kernel: BLOCK_M query rows per block, one block per
+        (batch, head, query block), quantised into waves like a matmul; with `skip_masked`, only
+        the key blocks the mask keeps any pair of are computed."""
+        *lead, sq, _ = v.input_shapes[0]
+        sk = v.input_shapes[1][-2]
+        fraction = attention_block_fraction(v, sq, sk, config) if config.skip_masked else 1.0
+        key_padding = sk / (config.block_n * math.ceil(sk / config.block_n))
+        efficiency = tile_efficiency(math.prod(lead), sq, config.block_n, config, hw,
+                                     element_bytes=_element_bytes(v)) * key_padding
+        return v.flops * fraction / (peak_flops(hw, v) * efficiency)
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps({"cost_model": "roofline", "version": 1}))
 
@@ -202,6 +223,21 @@ class Roofline(CostModel):
 
 def _element_bytes(v: Vertex) -> int:
     return 4 if v.dtype in ("fp32", "tf32") else 2
+
+
+def attention_block_fraction(v: Vertex, sq: int, sk: int, config: KernelConfig) -> float:
+    """Fraction of (query block, key block) pairs a mask-skipping attention kernel computes.
+    Causal: exact, counting the blocks on or below the diagonal (queries aligned to the last keys).
+    Other masks: the mask's density (a lower bound: a block is skipped only when it is all zero)."""
+    if v.mask_kind == "causal":
+        nq, nk = math.ceil(sq / config.block_m), math.ceil(sk / config.block_n)
+        offset = sk - sq
+        kept = sum(min(nk, (min((i + 1) * config.block_m, sq) - 1 + offset) // config.block_n + 1)
+                   for i in range(nq))
+        return kept / (nq * nk)
+    if v.mask_kind in ("none", "padding", None) or v.mask_density is None:
+        return 1.0
+    return max(float(v.mask_density), 1.0 / math.ceil(sk / config.block_n))
 
 
 def blocks_per_sm(config: KernelConfig, hw: HardwareProfile, element_bytes: int) -> int:
@@ -245,12 +281,17 @@ def bandwidth(hw: HardwareProfile) -> float:
 COST_MODELS = {"roofline": Roofline}
 
 
-def load_cost_model(spec: str | CostModel = "roofline") -> CostModel:
-    """A cost model from a name ("roofline"), a saved file, or an instance."""
+def load_cost_model(spec: str | CostModel = "gnn") -> CostModel:
+    """A cost model from a name ("gnn": the shipped checkpoint, "roofline"), a saved file, or an
+    instance."""
     if isinstance(spec, CostModel):
         return spec
     if spec in COST_MODELS:
         return COST_MODELS[spec]()
+    if spec == "gnn":
+        from costmodel.gnn import GNNCostModel, default_checkpoint
+
+        return GNNCostModel.load(default_checkpoint())
     path = Path(spec)
     if path.is_file():
         try:
@@ -259,11 +300,13 @@ def load_cost_model(spec: str | CostModel = "roofline") -> CostModel:
             kind = None
         if kind in COST_MODELS:
             return COST_MODELS[kind].load(path)
-        from costmodel.gnn import GNNCostModel  # a torch checkpoint; gnn imports this module
+        from costmodel.gnn import (
+            GNNCostModel,  # a torch checkpoint; gnn imports this module
+        )
 
         try:
             return GNNCostModel.load(path)
         except Exception as e:  # torch.load raises many types for a file that is not a checkpoint
             raise UserError(f"cost model file {spec!r} is not a saved feyntune cost model "
                             f"({type(e).__name__}: {e})") from None
-    raise unknown_choice("cost model", spec, [*COST_MODELS, "PATH"])
+    raise unknown_choice("cost model", spec, ["gnn", *COST_MODELS, "PATH"])

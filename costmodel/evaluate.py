@@ -11,6 +11,8 @@ top-k error ((best measured among the model's top k - true best) / true best), a
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -25,7 +27,7 @@ from torch_geometric.data import Data
 
 from costmodel.cost import Composition
 from costmodel.dataset import read_table
-from costmodel.diagram import Subdiagram
+from costmodel.diagram import Diagram, Subdiagram
 from costmodel.features import to_data
 from costmodel.gnn import GNNConfig, roofline_ln_ms
 from costmodel.loader import hardware_profiles
@@ -240,4 +242,221 @@ def format_table(title: str, rows: dict[str, Scores]) -> str:
     for name, s in rows.items():
         lines.append(f"| {name} | {s.n} | " + " | ".join(pct(s.mape[m]) for m in methods)
                      + f" | {s.models} | " + " | ".join(pct(s.model_mape[m]) for m in methods) + " |")
+    return "\n".join(lines)
+
+
+# Ranking: does a model order the configs of one kernel on one machine as they measured?
+
+EAGER = {"compiler": "eager", "fused": False}  # the library's own kernel, or ops one after another
+FUSED = {"compiler": "inductor", "fused": True}  # one torch.compile'd kernel for a fusion group
+
+
+@dataclass(frozen=True)
+class RankGroup:
+    """The configs a tuner chooses among for one kernel (or one set of ops) on one machine.
+
+    `kernels[i]` are the kernels config i launches: a model's time for the config is the sum of
+    its predicted ms over them (a fusion group unfused is its ops' eager kernels). Empty when the
+    features cannot describe the configs (a TpuGraphs layout or tile of a whole XLA program):
+    only the random-order reference is scored then. `exclude`: kernel hashes that a model
+    scored on this group must not have trained on, on `hardware`. `key` is what the split hashes."""
+
+    family: str
+    key: str
+    hardware: str
+    configs: tuple[str, ...]
+    measured_ms: tuple[float, ...]
+    kernels: tuple[tuple[Data, ...], ...] = ()
+    exclude: frozenset[str] = frozenset()
+
+
+def fusion_members(sub: Subdiagram) -> tuple[Subdiagram, ...]:
+    """The eager kernels of a fusion group: one per compute op, cut as from the whole diagram
+    (a kernel's hash depends only on its ops and what they read, so it is the measured one)."""
+    from costmodel.plan import eager_partition
+
+    # The group's inputs were produced outside it: without their producers they are plain inputs.
+    props = (*(dataclasses.replace(p, producer=None) for p in sub.inputs), *sub.outputs, *sub.internal)
+    mini = Diagram("group", sub.vertices, props, tuple(p.name for p in sub.inputs),
+                   tuple(p.name for p in sub.outputs))
+    return eager_partition(mini)
+
+
+def ranking_groups(data: str | Path) -> list[RankGroup]:
+    """Every set of configs measured for one kernel on one machine, in three families:
+    - "fusion / HW": a fusion group measured fused (inductor) and unfused (its ops run eagerly
+      one after another, timed together); the model prices unfused as the sum of its ops' eager
+      kernels, fused as the group's kernel;
+    - "tiles / HW": a matmul measured with two or more tile configs (and the library's own
+      kernel where measured);
+    - "SOURCE COLLECTION / HW": config-scope measurements of a whole program (TpuGraphs layouts
+      and tiles), which the kernel features do not describe.
+    A config measured more than once (other software) counts by its median."""
+    from costmodel.measure import tile_config
+
+    m = read_table("measurements", data, columns=[
+        "measurement_id", "scope", "subdiagram_hash", "diagram_hash", "hardware", "kernel_config_json",
+        "runtime_ms", "error", "source"])
+    m = m[m["runtime_ms"].notna() & m["error"].isna() & (m["runtime_ms"] > 0)
+          & m["kernel_config_json"].notna()]
+    subs = read_table("subdiagrams", data, columns=["subdiagram_hash", "subdiagram_json"])
+    records = dict(zip(subs["subdiagram_hash"], subs["subdiagram_json"]))
+    profiles = hardware_profiles(data)
+    eager, fused = json.dumps(EAGER, sort_keys=True), json.dumps(FUSED, sort_keys=True)
+
+    out: list[RankGroup] = []
+    kernels = m[(m["scope"] == "kernel") & m["subdiagram_hash"].notna()]
+    kernels = kernels.assign(config=kernels["kernel_config_json"].map(
+        lambda c: json.dumps(json.loads(c), sort_keys=True)))
+    by_kernel: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for (h, hw_name, c), ms in kernels.groupby(["subdiagram_hash", "hardware", "config"])["runtime_ms"].median().items():
+        by_kernel[(h, hw_name)][c] = ms
+    for (h, hw_name), runs in sorted(by_kernel.items()):
+        hw = profiles.get(hw_name)
+        tiles = {c: t for c in runs if (t := tile_config(c)) is not None}
+        is_fusion = fused in runs and eager in runs
+        is_tiles = bool(tiles) and len(tiles) + (eager in runs) >= 2
+        if hw is None or h not in records or not (is_fusion or is_tiles):
+            continue
+        sub = Subdiagram.from_record(json.loads(records[h]))
+        if is_fusion:
+            members = fusion_members(sub)
+            out.append(RankGroup(f"fusion / {hw_name}", h, hw_name, ("unfused", "fused"),
+                                 (runs[eager], runs[fused]),
+                                 (tuple(to_data(k, hw) for k in members), (to_data(sub, hw),)),
+                                 frozenset({h, *(k.hash for k in members)})))
+        if is_tiles:
+            names = ([eager] if eager in runs else []) + sorted(tiles)
+            out.append(RankGroup(f"tiles / {hw_name}", h, hw_name, tuple(names),
+                                 tuple(runs[c] for c in names),
+                                 tuple((to_data(sub, hw, tiles.get(c)),) for c in names), frozenset({h})))
+    programs = m[m["scope"] == "config"]
+    by_program: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
+    for (src, h, hw_name, c), ms in programs.groupby(
+            ["source", "diagram_hash", "hardware", "kernel_config_json"])["runtime_ms"].median().items():
+        family = f"{src} {json.loads(c).get('collection', 'config')} / {hw_name}"
+        by_program[(family, h, hw_name)][c] = ms
+    for (family, h, hw_name), runs in sorted(by_program.items()):
+        if len(runs) >= 2:
+            names = sorted(runs)
+            out.append(RankGroup(family, h, hw_name, tuple(names), tuple(runs[c] for c in names)))
+    return out
+
+
+def split_groups(groups: Sequence[RankGroup], seed: int = 0) -> tuple[list[RankGroup], list[RankGroup]]:
+    """(training, held-out) halves of each family, by a seeded hash of each group's key: the
+    first ceil(n/2) keys in that order are held out. The same seed gives the same split."""
+    families: dict[str, list[RankGroup]] = defaultdict(list)
+    for g in groups:
+        families[g.family].append(g)
+    train_half, held = [], []
+    for members in families.values():
+        keys = sorted({g.key for g in members}, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).digest())
+        out = set(keys[:math.ceil(len(keys) / 2)])
+        for g in members:
+            (held if g.key in out else train_half).append(g)
+    return train_half, held
+
+
+def random_top_k_error(true: Sequence[float], k: int) -> float:
+    """The expected top-k error of a uniformly random order: the best of k configs drawn
+    without replacement is the i-th fastest with probability C(n-i, k-1) / C(n, k)."""
+    t = np.sort(np.asarray(true, dtype=float))
+    n, k = len(t), min(k, len(t))
+    p = np.array([math.comb(n - i, k - 1) for i in range(1, n + 1)]) / math.comb(n, k)
+    return float(np.dot(p, t) - t[0]) / t[0]
+
+
+@dataclass(frozen=True)
+class RankScores:
+    groups: int  # groups scored
+    configs: tuple[int, int, float]  # configs per group: min, max, mean
+    kendall_tau: dict[str, float]  # method -> mean over groups; nan: the method cannot rank them
+    top1: dict[str, float]  # method -> mean top-1 error (fraction); "random": its expectation
+    top5: dict[str, float]
+
+    def to_dict(self) -> dict:
+        """JSON-ready; a score no method has (nan) is null."""
+        def clean(d: dict[str, float]) -> dict[str, float | None]:
+            return {k: None if math.isnan(v) else v for k, v in d.items()}
+
+        return {"groups": self.groups, "configs_min": self.configs[0], "configs_max": self.configs[1],
+                "configs_mean": self.configs[2], "kendall_tau": clean(self.kendall_tau),
+                "top1_error": clean(self.top1), "top5_error": clean(self.top5)}
+
+
+def score_ranking(groups: Sequence[RankGroup],
+                  methods: dict[str, Callable[[Sequence[Data]], np.ndarray]]) -> dict[str, RankScores]:
+    """Per family: Kendall's tau between each method's predicted and the measured times of a
+    group's configs, and top-1 and top-5 error, averaged over the groups; with the expected
+    top-k error of a random order for reference. `methods` give ln(ms) per kernel graph."""
+    families: dict[str, list[RankGroup]] = defaultdict(list)
+    for g in groups:
+        families[g.family].append(g)
+    out = {}
+    for family, members in sorted(families.items()):
+        scorable = [g for g in members if g.kernels]
+        preds: dict[str, list[np.ndarray]] = {}
+        if scorable:
+            graphs = [k for g in scorable for ks in g.kernels for k in ks]
+            for name, fn in methods.items():
+                ms, start, per_group = np.exp(fn(graphs)), 0, []
+                for g in scorable:
+                    sums = []
+                    for ks in g.kernels:
+                        sums.append(float(ms[start:start + len(ks)].sum()))
+                        start += len(ks)
+                    per_group.append(np.array(sums))
+                preds[name] = per_group
+        tau, top1, top5 = {}, {}, {}
+        for name in methods:
+            p = preds.get(name)
+            if p is None or len(scorable) < len(members):
+                tau[name] = top1[name] = top5[name] = float("nan")
+                continue
+            true = [g.measured_ms for g in members]
+            tau[name] = float(np.mean([kendall_tau(list(x), list(t)) for x, t in zip(p, true)]))
+            top1[name] = float(np.mean([top_k_error(x, t, 1) for x, t in zip(p, true)]))
+            top5[name] = float(np.mean([top_k_error(x, t, 5) for x, t in zip(p, true)]))
+        top1["random"] = float(np.mean([random_top_k_error(g.measured_ms, 1) for g in members]))
+        top5["random"] = float(np.mean([random_top_k_error(g.measured_ms, 5) for g in members]))
+        sizes = [len(g.configs) for g in members]
+        out[family] = RankScores(len(members), (min(sizes), max(sizes), float(np.mean(sizes))),
+                                 tau, top1, top5)
+    return out
+
+
+def ranking(graphs: Sequence[Data], groups: Sequence[RankGroup], *, cfg: GNNConfig,
+            progress: bool = True) -> dict[str, RankScores]:
+    """Hold out half of each family's groups (`split_groups`); train the GNN and the GBDT on
+    every kernel measurement except the held-out groups' (their kernels and, for a fusion group,
+    its ops' eager kernels, on that machine); score the held-out groups' orders."""
+    _, held = split_groups(groups, cfg.seed)
+    excluded = {(h, g.hardware) for g in held for h in g.exclude}
+    train_set = [g for g in graphs if (g.kernel_hash, g.hardware) not in excluded]
+    gnn = train(train_set, cfg, progress=progress)
+    gbdt = GBDT(seed=cfg.seed).fit(train_set)
+    return score_ranking(held, {"gnn": lambda gs: gnn.predict_ln(gs)[0], "gbdt": gbdt.predict_ln,
+                                "roofline": roofline_ln})
+
+
+def format_ranking_table(title: str, rows: dict[str, RankScores]) -> str:
+    methods = ("gnn", "gbdt", "roofline")
+
+    def num(x: float, percent: bool = False) -> str:
+        if math.isnan(x):
+            return "n/a"
+        return f"{100 * x:.1f}%" if percent else f"{x:.2f}"
+
+    def sizes(c: tuple[int, int, float]) -> str:
+        return str(c[0]) if c[0] == c[1] else f"{c[0]}-{c[1]} (mean {c[2]:.0f})"
+
+    head = (["family", "groups", "configs per group"] + [f"{m} tau" for m in methods]
+            + [f"{m} top-1" for m in (*methods, "random")] + [f"{m} top-5" for m in (*methods, "random")])
+    lines = [title, "", "| " + " | ".join(head) + " |", "|---|---:|---:|" + "---:|" * (len(head) - 3)]
+    for name, s in rows.items():
+        cells = ([name, str(s.groups), sizes(s.configs)] + [num(s.kendall_tau[m]) for m in methods]
+                 + [num(s.top1[m], True) for m in (*methods, "random")]
+                 + [num(s.top5[m], True) for m in (*methods, "random")])
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

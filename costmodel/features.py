@@ -25,7 +25,7 @@ MAX_RANK = 4
 NODE_DIM = (len(NODE_TYPES) + len(OP_KINDS) + len(DTYPES) + 3 + MAX_RANK + 1 + len(MASK_KINDS)
             + 1 + len(ROLES))
 EDGE_DIM = 1 + 4  # log2 bytes, argument position one-hot (0, 1, 2, 3+)
-CONFIG_DIM = 7
+CONFIG_DIM = 8
 ROOFLINE_DIM = 4
 
 
@@ -52,7 +52,8 @@ def config_vector(config: KernelConfig | None) -> list[float]:
     if config is None:
         return [0.0] * CONFIG_DIM
     return [1.0, math.log2(config.block_m), math.log2(config.block_n), math.log2(config.block_k),
-            math.log2(config.num_warps), float(config.num_stages), math.log2(config.split_k)]
+            math.log2(config.num_warps), float(config.num_stages), math.log2(config.split_k),
+            float(config.skip_masked)]
 
 
 def to_data(sub: Subdiagram, hw: HardwareProfile, config: KernelConfig | None = None) -> Data:

@@ -20,16 +20,37 @@ import numpy as np
 import torch
 from torch import nn
 from torch_geometric.data import Batch, Data
-from torch_geometric.nn import GINEConv, SAGEConv, global_add_pool, global_max_pool, global_mean_pool
+from torch_geometric.nn import (
+    GINEConv,
+    SAGEConv,
+    global_add_pool,
+    global_max_pool,
+    global_mean_pool,
+)
 
 from costmodel import features
 from costmodel.cost import Composition, CostModel, KernelCost, PlanCost
 from costmodel.diagram import Diagram, Subdiagram
+from costmodel.errors import UserError
 from costmodel.hardware import HardwareProfile, load_profile
 from costmodel.plan import KernelConfig, Plan
 
 LN10 = math.log(10.0)
 CONVS = ("gine", "sage")
+
+
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+DEFAULT_POINTER = "DEFAULT"  # a file in CHECKPOINTS naming the checkpoint `--cost-model gnn` loads
+
+
+def default_checkpoint() -> Path:
+    """The shipped checkpoint (named in CHECKPOINTS/DEFAULT by `costmodel train --make-default`)."""
+    pointer = CHECKPOINTS / DEFAULT_POINTER
+    path = CHECKPOINTS / pointer.read_text().strip() if pointer.is_file() else None
+    if path is None or not path.is_file():
+        raise UserError("no shipped GNN checkpoint in costmodel/checkpoints; train one with "
+                        "`costmodel train --make-default`, or use --cost-model roofline")
+    return path
 
 
 @dataclass(frozen=True)
@@ -39,7 +60,7 @@ class GNNConfig:
     conv: str = "sage"  # message passing layer, chosen by measurement (reports/gnn-architecture.md)
     hidden: int = 64
     layers: int = 3
-    epochs: int = 20
+    epochs: int = 12  # with 3 members: the shipped checkpoint trains in under 15 min on 2 cores
     batch_size: int = 512
     lr: float = 3e-3
     weight_decay: float = 1e-5
@@ -149,6 +170,9 @@ class GNNCostModel(CostModel):
         for m in self.members:
             m.eval()
 
+    def plan_total(self, kernels_ms: float, launches: int) -> float:
+        return float(self.composition(np.array([kernels_ms]), np.array([float(launches)]))[0])
+
     def extrapolation(self, hw: HardwareProfile) -> list[str]:
         """Descriptors of `hw` outside the training hardware's range by more than 10% of that
         range (5% of the value where the range is a point): what the model never saw. Figures
@@ -175,7 +199,7 @@ class GNNCostModel(CostModel):
         graphs = [features.to_data(k.subdiagram, hw, k.config) for k in kernels]
         mean, std = self.predict_ln(graphs)
         ms = np.exp(mean)
-        total = float(self.composition(np.array([ms.sum()]), np.array([float(len(ms))]))[0])
+        total = self.plan_total(float(ms.sum()), len(ms))
         outside = self.extrapolation(hw)
         warnings = (f"{hw.name} lies outside the hardware this model was trained on "
                     f"({', '.join(self.trained_on.get('hardware', []))}) in: {', '.join(outside)}; "

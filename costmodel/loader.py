@@ -24,6 +24,7 @@ from costmodel.diagram import Subdiagram
 from costmodel.hardware import HardwareProfile, list_profiles, load_profile
 from costmodel.plan import KernelConfig
 
+
 def _code_version() -> str:
     """The code that builds an example (this loader, the features and the roofline terms they
     carry): editing it changes what a cached graph would hold, so it changes the cache's name."""
@@ -60,14 +61,23 @@ def fingerprint(directory: str | Path = DATA_DIR) -> str:
 
 
 def kernel_config(text: str | None) -> KernelConfig | None:
-    """A tile config from its JSON, or None for configs that are not tiles (library, fused flags)."""
+    """A tile config from its JSON (other keys, such as the compiler, ignored), or None for
+    configs that are not tiles (the library's own kernel, fused flags)."""
     if not isinstance(text, str) or not text:  # pandas reads a null string as NaN
         return None
     fields = json.loads(text)
     try:
-        return KernelConfig(**fields)
+        return KernelConfig(**{k: v for k, v in fields.items() if k in KernelConfig.__dataclass_fields__})
     except TypeError:
         return None
+
+
+def back_to_back(text: str | None, sub: Subdiagram) -> bool:
+    """A row timing a group's ops run eagerly one after another (the baseline a fused kernel is
+    measured against): several kernels, not one, so not a kernel example."""
+    if not isinstance(text, str) or not text:
+        return False
+    return json.loads(text).get("fused") is False and sum(not v.is_free for v in sub.vertices) > 1
 
 
 def hardware_profiles(directory: str | Path = DATA_DIR) -> dict[str, HardwareProfile]:
@@ -127,6 +137,9 @@ class KernelDataset(InMemoryDataset):
             sub = built.get(row.subdiagram_hash)
             if sub is None:
                 sub = built[row.subdiagram_hash] = Subdiagram.from_record(json.loads(records[row.subdiagram_hash]))
+            if back_to_back(row.kernel_config_json, sub):
+                self.skipped["ops timed back to back"] = self.skipped.get("ops timed back to back", 0) + 1
+                continue
             try:
                 data = features.to_data(sub, hw, kernel_config(row.kernel_config_json))
             except Exception as e:  # a kernel the feature code cannot price is skipped, and counted

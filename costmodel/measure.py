@@ -203,7 +203,7 @@ class Program:
                 continue
             try:
                 args, kwargs = torch.fx.node.map_arg((n.args, n.kwargs), lambda x: known[x])
-                known[n] = n.target(*_on_device(args, cpu), **_on_device(kwargs, cpu))
+                known[n] = n.target(*on_device(args, cpu), **on_device(kwargs, cpu))
             except Exception:  # noqa: BLE001, S112 - an op that cannot run here: its readers get drawn values
                 continue
         return known
@@ -253,7 +253,7 @@ class Program:
                     specs.append(self.spec(i))
         for m in members:
             new = graph.node_copy(m, lambda x: env[x])
-            new.args, new.kwargs = _on_device(new.args, device), _on_device(new.kwargs, device)
+            new.args, new.kwargs = on_device(new.args, device), on_device(new.kwargs, device)
             env[m] = new
         outs = [m for m in members if any(u not in inside for u in m.users)] or members[-1:]
         graph.output(tuple(env[m] for m in outs))
@@ -272,14 +272,14 @@ def _identifier(name: str) -> str:
     return ident if ident and not ident[0].isdigit() else f"x_{ident}"
 
 
-def _on_device(value: Any, device: torch.device) -> Any:
+def on_device(value: Any, device: torch.device) -> Any:
     """`value` with every torch.device in it (the exported graph says "meta") replaced."""
     if isinstance(value, torch.device):
         return device
     if isinstance(value, (list, tuple)):
-        return type(value)(_on_device(v, device) for v in value)
+        return type(value)(on_device(v, device) for v in value)
     if isinstance(value, dict):
-        return {k: _on_device(v, device) for k, v in value.items()}
+        return {k: on_device(v, device) for k, v in value.items()}
     return value
 
 
@@ -1160,7 +1160,7 @@ def measure(model: str | tuple[torch.export.ExportedProgram, Diagram], *, target
     try:
         with ShardWriter(root, source=be.source) as writer:
             if todo:
-                _add_context_rows(writer, be, diagram, root)
+                add_context_rows(writer, be, diagram, root)
             try:
                 for n, req in enumerate(todo, start=1):
                     if time.perf_counter() - start > budget_s:
@@ -1220,7 +1220,7 @@ def _existing_subdiagrams(root: str | Path, source: str, diagram_hash: str) -> s
     return set(mine["subdiagram_hash"])
 
 
-def _add_context_rows(writer: ShardWriter, be: Backend, diagram: Diagram, root: str | Path) -> None:
+def add_context_rows(writer: ShardWriter, be: Backend, diagram: Diagram, root: str | Path) -> None:
     """The diagram's and the hardware's rows, unless `root` has them for this source already."""
     diagrams = read_table("diagrams", root, columns=["diagram_hash", "source"])
     if not ((diagrams["diagram_hash"] == diagram.hash) & (diagrams["source"] == be.source)).any():

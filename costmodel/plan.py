@@ -19,7 +19,12 @@ from costmodel.errors import UserError
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Launch parameters of a tiled kernel (Triton-style). Sizes in elements."""
+    """Launch parameters of a tiled kernel (Triton-style). Sizes in elements.
+
+    For a matmul: BLOCK_M x BLOCK_N output tiles stepping BLOCK_K along the reduction. For an
+    attention (a flash-style kernel): BLOCK_M queries against BLOCK_N keys at a time, BLOCK_K the
+    head dimension; `skip_masked` skips the key blocks its mask zeroes entirely (causal, scGPT).
+    """
 
     block_m: int
     block_n: int
@@ -27,6 +32,7 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 2
     split_k: int = 1
+    skip_masked: bool = False
 
     def smem_bytes(self, element_bytes: int) -> int:
         """Shared memory the software pipeline holds: one A and one B tile per stage."""

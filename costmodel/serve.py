@@ -175,6 +175,6 @@ class Server(ThreadingHTTPServer):
 
 
 def make_server(host: str = "127.0.0.1", port: int = 8080, *,
-                cost_model: CostModel | str = "roofline") -> Server:
+                cost_model: CostModel | str = "gnn") -> Server:
     """A server bound to (host, port); port 0 picks a free one (`server.server_address`)."""
     return Server((host, port), make_handler(Service(load_cost_model(cost_model))))

@@ -5,8 +5,10 @@ from configs (Hugging Face configs are plain JSON; `HF_HUB_OFFLINE=1` is set bef
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,27 +51,38 @@ class ScGPTConfig:
     n_layers: int = 12
     d_ff: int = 512  # scGPT's feed-forward width equals d_model
     n_query: int | None = None  # unknown genes to predict; None: a quarter of the sequence
+    # Variants the released scGPT does not use (architecture what-ifs price them):
+    head_dim: int | None = None  # None: d_model // n_heads
+    n_kv_heads: int | None = None  # key/value heads (grouped-query attention); None: n_heads
+    mask: str = "scgpt"  # "scgpt", "causal" or "none" (every gene attends to every gene)
 
 
 class _ScGPTLayer(nn.Module):
-    """Post-norm transformer layer whose attention takes an explicit boolean mask."""
+    """Post-norm transformer layer whose attention takes an explicit boolean mask (or None)."""
 
     def __init__(self, cfg: ScGPTConfig) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.n_kv_heads = cfg.n_kv_heads or cfg.n_heads
+        self.head_dim = cfg.head_dim or cfg.d_model // cfg.n_heads
+        width, kv_width = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        self.qkv = nn.Linear(cfg.d_model, width + 2 * kv_width)
+        self.out = nn.Linear(width, cfg.d_model)
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.ff1 = nn.Linear(cfg.d_model, cfg.d_ff)
         self.ff2 = nn.Linear(cfg.d_ff, cfg.d_model)
         self.norm2 = nn.LayerNorm(cfg.d_model)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        width, kv_width = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        # One split size when the heads are not grouped: the released model's graph, unchanged.
+        q, k, v = self.qkv(x).split(width if kv_width == width else [width, kv_width, kv_width], dim=2)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k, v = (t.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2) for t in (k, v))
+        gqa = {"enable_gqa": True} if self.n_kv_heads != self.n_heads else {}
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, width)
         x = self.norm1(x + self.out(y))
         return self.norm2(x + self.ff2(F.relu(self.ff1(x))))
 
@@ -95,12 +108,15 @@ class ScGPT(nn.Module):
         return self.cfg.n_query if self.cfg.n_query is not None else seq // 4
 
     def forward(self, genes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        B, T = genes.shape  # position 0 is the cell token, then known genes, then query genes
+        _, T = genes.shape  # position 0 is the cell token, then known genes, then query genes
         x = self.gene_norm(self.gene(genes))
         x = x + self.value_norm(self.value2(F.relu(self.value1(values.unsqueeze(-1)))))
         idx = torch.arange(T, device=genes.device)
-        context = T - self.n_query(T)  # the cell token and the known genes
-        mask = (idx[None, :] < context) | (idx[:, None] == idx[None, :])  # (T, T), True = attend
+        if self.cfg.mask == "scgpt":
+            context = T - self.n_query(T)  # the cell token and the known genes
+            mask = (idx[None, :] < context) | (idx[:, None] == idx[None, :])  # (T, T), True = attend
+        else:
+            mask = None if self.cfg.mask == "none" else idx[None, :] <= idx[:, None]
         for layer in self.layers:
             x = layer(x, mask)
         return self.dec2(F.leaky_relu(self.dec1(x))).squeeze(-1)  # (B, T) predicted expression
@@ -111,16 +127,24 @@ def capture_scgpt(batch: int, seq: int, dtype: str = "fp32",
     return export_scgpt(batch, seq, dtype, config)[1]
 
 
-def export_scgpt(batch: int, seq: int, dtype: str = "fp32",
-                 config: ScGPTConfig | None = None) -> tuple[torch.export.ExportedProgram, Diagram]:
+def export_scgpt(batch: int, seq: int, dtype: str = "fp32", config: ScGPTConfig | None = None,
+                 *, patch: Callable[[nn.Module], None] | None = None
+                 ) -> tuple[torch.export.ExportedProgram, Diagram]:
     cfg = config or ScGPTConfig()
     n_query = cfg.n_query if cfg.n_query is not None else seq // 4
     if not 0 < n_query < seq - 1:
         raise UserError(f"scgpt needs 1 to {seq - 2} query genes at seq {seq}; got {n_query}")
+    if cfg.mask not in ("scgpt", "causal", "none"):
+        raise unknown_choice("scgpt mask", cfg.mask, ("scgpt", "causal", "none"))
+    kv = cfg.n_kv_heads or cfg.n_heads
+    if cfg.n_heads % kv:
+        raise UserError(f"scgpt's {cfg.n_heads} heads do not split into {kv} key/value groups")
     with torch.device("meta"):
         model = ScGPT(cfg).to(TORCH_DTYPES[dtype]).eval()
         genes = torch.zeros(batch, seq, dtype=torch.long)
         values = torch.zeros(batch, seq, dtype=TORCH_DTYPES[dtype])
+        if patch is not None:  # on the meta device, so modules it swaps in allocate nothing
+            patch(model)
     return export_module(model, (genes, values), name="scgpt", dtype=dtype,
                          meta={"batch": batch, "seq": seq, "source": "zoo",
                                "known_genes": seq - 1 - n_query, "query_genes": n_query})
@@ -148,7 +172,8 @@ def capture_hf(config: dict, *, name: str, batch: int, seq: int, dtype: str = "f
     return export_hf(config, name=name, batch=batch, seq=seq, dtype=dtype)[1]
 
 
-def export_hf(config: dict, *, name: str, batch: int, seq: int, dtype: str = "fp32"
+def export_hf(config: dict, *, name: str, batch: int, seq: int, dtype: str = "fp32",
+              patch: Callable[[nn.Module], None] | None = None
               ) -> tuple[torch.export.ExportedProgram, Diagram]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
@@ -172,6 +197,8 @@ def export_hf(config: dict, *, name: str, batch: int, seq: int, dtype: str = "fp
         model = cls(cfg) if cls else transformers.AutoModel.from_config(cfg)
         model = model.to(TORCH_DTYPES[dtype]).eval()
         ids = torch.zeros(batch, seq, dtype=torch.long)
+        if patch is not None:  # on the meta device, so modules it swaps in allocate nothing
+            patch(model)
     kwargs = {"use_cache": False} if hasattr(cfg, "use_cache") else {}
     try:
         return export_module(model, (ids,), kwargs, name=name, dtype=dtype,
@@ -182,24 +209,46 @@ def export_hf(config: dict, *, name: str, batch: int, seq: int, dtype: str = "fp
                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
 
-def capture_model(model: str, batch: int = 1, seq: int = 128, dtype: str = "fp32") -> Diagram:
-    """Capture a zoo name (`bert-base`, ..., `scgpt`) or a path to a Hugging Face config.json."""
-    return export_model(model, batch, seq, dtype)[1]
+def capture_model(model: str, batch: int = 1, seq: int = 128, dtype: str = "fp32", *,
+                  overrides: dict | None = None,
+                  patch: Callable[[nn.Module], None] | None = None) -> Diagram:
+    """Capture a zoo name (`bert-base`, ..., `scgpt`) or a path to a Hugging Face config.json.
+
+    `overrides` replaces config entries (Hugging Face config keys, or `ScGPTConfig` fields for
+    scgpt); `patch` is called on the built (meta) model before export, to swap modules in.
+    Both build a variant of the model: for architecture what-ifs, never for the model itself."""
+    return export_model(model, batch, seq, dtype, overrides=overrides, patch=patch)[1]
 
 
-def export_model(model: str, batch: int = 1, seq: int = 128, dtype: str = "fp32"
+def model_config(model: str) -> ScGPTConfig | dict:
+    """The config a zoo name or config.json path builds from: a `ScGPTConfig` for scgpt, else
+    the Hugging Face config as a dict (a copy: changing it changes no later capture)."""
+    if model == "scgpt":
+        return ScGPTConfig()
+    if model in HF_ZOO:
+        return dict(HF_ZOO[model])
+    if model.endswith(".json") or os.sep in model or Path(model).exists():
+        return load_hf_config(model)
+    raise UserError(f"unknown model {model!r}; valid choices: {', '.join(ZOO_NAMES)}, "
+                    "or a path to a Hugging Face config.json")
+
+
+def export_model(model: str, batch: int = 1, seq: int = 128, dtype: str = "fp32", *,
+                 overrides: dict | None = None, patch: Callable[[nn.Module], None] | None = None
                  ) -> tuple[torch.export.ExportedProgram, Diagram]:
     """`capture_model`, also returning the exported program (vertices are named after its nodes)."""
     if batch < 1 or seq < 1:
         raise UserError(f"batch and seq must be at least 1; got batch {batch}, seq {seq}")
     if dtype not in TORCH_DTYPES:
         raise unknown_choice("dtype", dtype, TORCH_DTYPES)
-    if model == "scgpt":
-        return export_scgpt(batch, seq, dtype)
-    if model in HF_ZOO:
-        return export_hf(HF_ZOO[model], name=model, batch=batch, seq=seq, dtype=dtype)
-    if model.endswith(".json") or os.sep in model or Path(model).exists():
-        return export_hf(load_hf_config(model), name=Path(model).stem, batch=batch, seq=seq,
-                         dtype=dtype)
-    raise UserError(f"unknown model {model!r}; valid choices: {', '.join(ZOO_NAMES)}, "
-                    "or a path to a Hugging Face config.json")
+    config = model_config(model)
+    if isinstance(config, ScGPTConfig):
+        fields = {f.name for f in dataclasses.fields(ScGPTConfig)}
+        unknown = set(overrides or {}) - fields
+        if unknown:
+            raise unknown_choice("scgpt config field", min(unknown), fields)
+        return export_scgpt(batch, seq, dtype, dataclasses.replace(config, **(overrides or {})),
+                            patch=patch)
+    name = model if model in HF_ZOO else Path(model).stem
+    return export_hf({**config, **(overrides or {})}, name=name, batch=batch, seq=seq,
+                     dtype=dtype, patch=patch)

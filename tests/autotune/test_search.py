@@ -48,3 +48,56 @@ def test_autotune_bad_input(argv, code, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path)]) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error" in err[0]
+
+
+def test_illegal_trials_are_marked_and_never_chosen(capture):
+    from optuna.trial import TrialState
+
+    from autotune.search import open_study, run_trials
+
+    space = Space(capture("bert-base", 1, 32), load_profile("a100"))
+    study = open_study("s", None, "random", seed=1)
+    run_trials(study, space, Evaluator(space, Roofline()), 40, progress=False)
+    trials = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    illegal = [t for t in trials if "illegal" in t.user_attrs]
+    assert len(trials) == 40 and illegal  # random choices often overlap a residual add twice
+    for t in illegal:
+        assert t.value == pytest.approx(Evaluator(space, Roofline()).total_ms(Plan()))
+        assert t.system_attrs["constraints:legal"] == 1.0
+
+
+def test_suggestions_run_first_and_time_budget_stops(capture):
+    space = Space(capture("scgpt", 1, 32), load_profile("h100"))
+    at = next(p for p in space.params if p.name.startswith("at"))
+    suggestion = {at.name: at.choices[-1]}
+    r = search(space, Roofline(), trials=5, progress=False, suggestions=[suggestion])
+    priced = Roofline().predict_plan(space.diagram, space.target, space.plan_from(suggestion))
+    assert r.history[2] == pytest.approx(priced.total_ms)  # after the eager and all-fused starts
+    timed = search(space, Roofline(), trials=10**6, progress=False, time_budget=0.5)
+    assert 3 <= timed.trials < 10**6
+
+
+def test_autotune_measure_runs_eager_and_the_plan_here(tmp_path, capsys):
+    from costmodel.dataset import read_table
+
+    config = tmp_path / "tiny-gpt2.json"
+    config.write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+                                  "n_embd": 64, "n_layer": 2, "n_head": 2, "vocab_size": 100,
+                                  "n_positions": 64}))
+    out, data = tmp_path / "out", tmp_path / "data"
+    assert main(["--target", "cpu", "--model", str(config), "--seq", "16", "--trials", "12",
+                 "--cost-model", "roofline", "--measure", "--threads", "1", "--repeats", "3",
+                 "--dataset", str(data), "--quiet", "--out", str(out)]) == 0
+    doc = json.loads((out / "plan.json").read_text())
+    m = doc["measured"]
+    assert m["baseline"]["measured_ms"] > 0 and m["plan"]["measured_ms"] > 0
+    assert m["max_abs_error"] < 1e-3 and m["rows_written"] > 0
+    assert len(read_table("measurements", data)) == m["rows_written"]
+    assert "measured speedup" in capsys.readouterr().out
+    assert (out / "report.html").is_file()
+
+
+def test_autotune_measure_needs_the_target_here(tmp_path, capsys):
+    assert main(["--target", "a100", "--seq", "16", "--trials", "3", "--cost-model", "roofline",
+                 "--measure", "--quiet", "--out", str(tmp_path)]) == 2
+    assert "needs --target cpu" in capsys.readouterr().err

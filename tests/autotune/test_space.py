@@ -57,3 +57,74 @@ def test_space_plans_are_legal_and_illegal_ones_are_refused(capture):
     attn = next(v.name for v in d.vertices if v.kind == "attention")
     with pytest.raises(ValueError):
         space.check(Plan((Fuse((matmul, attn, space.classes[1].sites[0][0])),)))
+
+
+def test_params_cover_three_kinds_of_rewrite(capture):
+    d = capture("gpt2", 1, 64)
+    names = [p.name for p in Space(d, load_profile("a100")).params]
+    assert any(n.startswith("mm") and n.endswith(".tile") for n in names)
+    assert any(n.startswith("at") for n in names)  # flash attention block sizes
+    assert any(n.startswith("ln") for n in names)  # residual add + layer norm
+    assert any(n.startswith("ew") for n in names)  # GPT-2's tanh GELU: a chain of pointwise ops
+    cpu = Space(d, load_profile("cpu")).params
+    assert all(p.level == "mid" and p.name.endswith(".fuse") for p in cpu)  # no kernel configs
+    for p in Space(d, load_profile("a100")).params:
+        assert len(set(p.choices)) == len(p.choices) >= 2 and p.sites >= 1 and p.about
+
+
+def test_mask_aware_attention_only_where_the_mask_has_zero_blocks(capture):
+    def labels(model):
+        space = Space(capture(model, 1, 64), load_profile("h100"))
+        return [c for p in space.params if p.name.startswith("at") for c in p.choices]
+    assert any(c.startswith("flash-skip") for c in labels("gpt2"))  # causal
+    assert any(c.startswith("flash-skip") for c in labels("scgpt"))
+    assert not any(c.startswith("flash-skip") for c in labels("bert-base"))  # no mask
+    assert any(c.startswith("flash ") for c in labels("bert-base"))
+
+
+def test_skipping_masked_blocks_is_cheaper_for_a_causal_mask(capture):
+    from costmodel.cost import Roofline
+
+    space = Space(capture("gpt2", 1, 512), load_profile("a100"))
+    at = next(p for p in space.params if p.name.startswith("at"))
+    full = next(c for c in at.choices if c.startswith("flash 128x64"))
+    skip = full.replace("flash", "flash-skip", 1)
+    price = [Roofline().predict_plan(space.diagram, space.target, space.plan_from({at.name: c})).total_ms
+             for c in (full, skip)]
+    assert price[1] < price[0]
+
+
+def test_attention_configs_fit_the_target(capture):
+    for target in ("t4", "a100", "h100"):
+        hw = load_profile(target)
+        space = Space(capture("scgpt", 1, 64), hw)
+        plan = space.plan_from({p.name: p.choices[-1] for p in space.params if p.name.startswith("at")})
+        space.check(plan)
+        for d in plan.decisions:
+            assert d.config.smem_bytes(4) <= hw.shared_memory_per_unit
+
+
+def test_plan_from_refuses_unknown_and_illegal(capture):
+    d = capture("bert-base", 1, 32)
+    space = Space(d, load_profile("a100"))
+    with pytest.raises(ValueError, match="no parameter"):
+        space.plan_from({"nope": "1"})
+    p = space.params[0]
+    with pytest.raises(ValueError, match="not a legal choice"):
+        space.plan_from({p.name: "banana"})
+    # A residual add taken by a matmul epilogue and by an add + layer norm kernel: the merged
+    # kernel would put a layer norm in the matmul's epilogue.
+    every = {q.name: q.choices[-1] for q in space.params if q.name.endswith(".fuse")}
+    with pytest.raises(ValueError, match="layer norm"):
+        space.plan_from(every)
+    assert space.plan_from({}) == Plan()
+
+
+def test_overlapping_groups_merge_into_one_legal_kernel(capture):
+    d = capture("gpt2", 1, 32)
+    space = Space(d, load_profile("cpu"))
+    every = {q.name: "1" for q in space.params if q.name.startswith("ew")}
+    plan = space.plan_from(every)
+    space.check(plan)
+    members = [v for f in plan.decisions for v in f.vertices]
+    assert len(members) == len(set(members))  # no vertex in two kernels

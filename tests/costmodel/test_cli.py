@@ -20,8 +20,10 @@ def test_predict_json_contract(capsys):
     doc = json.loads(capsys.readouterr().out)
     for key in ("total_ms", "target", "model", "diagram_hash", "cost_model", "subdiagrams"):
         assert key in doc
-    assert doc["target"] == "h100-sxm" and doc["cost_model"] == "roofline"
-    assert doc["total_ms"] == pytest.approx(sum(s["predicted_ms"] for s in doc["subdiagrams"]))
+    assert doc["target"] == "h100-sxm" and doc["cost_model"] == "gnn"  # the shipped checkpoint
+    assert doc["kernels_ms"] == pytest.approx(sum(s["predicted_ms"] for s in doc["subdiagrams"]))
+    assert doc["total_ms"] == pytest.approx(doc["kernels_ms"] + doc["overhead_ms"])
+    assert all(s["spread"] > 0 for s in doc["subdiagrams"])  # an ensemble's spread per kernel
     assert all(s["ops"] and s["predicted_ms"] > 0 for s in doc["subdiagrams"])
 
 

@@ -151,3 +151,19 @@ def test_physical_hardware_inputs(capture, tmp_path):
     assert np.allclose(again.predict_ln(graphs)[0], model.predict_ln(graphs)[0])
     with pytest.raises(ValueError, match="physical"):
         hardware_columns("identity")
+
+
+def test_the_shipped_checkpoint_is_the_default(capture):
+    from costmodel.cost import load_cost_model
+    from costmodel.gnn import GNNCostModel, default_checkpoint
+
+    path = default_checkpoint()
+    assert path.stat().st_size < 5_000_000  # small enough to ship in the package
+    model = load_cost_model("gnn")
+    assert isinstance(model, GNNCostModel) and len(model.members) >= 2
+    assert model.trained_on["data"] == "0.1" and "a100-pcie-40gb" in model.trained_on["hardware"]
+    d = capture("bert-base", 1, 32)
+    priced = model.predict_plan(d, "a100-pcie-40gb")  # a GPU it trained on
+    assert priced.cost_model == "gnn" and priced.total_ms > 0 and not priced.warnings
+    assert GNNCostModel.load(path).predict_plan(d, "a100-pcie-40gb").total_ms == priced.total_ms
+    assert "outside" in model.predict_plan(d, "h200").warnings[0]  # 4.8 TB/s: far beyond its GPUs

@@ -30,7 +30,7 @@ def call(address, method, path, body=None, raw=None, timeout=120):
 
 
 def test_health_and_targets(server):
-    assert call(server, "GET", "/health") == (200, {"status": "ok", "cost_model": "roofline"})
+    assert call(server, "GET", "/health") == (200, {"status": "ok", "cost_model": "gnn"})
     status, doc = call(server, "GET", "/targets")
     assert status == 200 and {"a100-sxm4-80gb", "h100-sxm", "cpu"} <= {t["name"] for t in doc["targets"]}
 
