@@ -91,20 +91,6 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise ValueError(f"unknown sampler {name!r}; choose from {SAMPLERS}")
 
 
-def starts(space: Space) -> list[dict[str, str]]:
-    """Two starts every search sees: eager as it is, and every fusion taken where legal."""
-    eager = {p.name: p.choices[0] for p in space.params}
-    fused = {p.name: (p.choices[-1] if p.level == "mid" and p.name.endswith(".fuse") else p.choices[0])
-             for p in space.params}
-    for name in [p.name for p in space.params if p.name.startswith("ln")]:
-        try:
-            space.plan_from(fused)
-            break
-        except ValueError:
-            fused[name] = "0"  # the residual add goes to the matmul epilogue instead
-    return [eager, fused]
-
-
 def open_study(name: str, storage: str | optuna.storages.BaseStorage | None, sampler: str,
                seed: int, attrs: Mapping | None = None) -> optuna.Study:
     """Create the study, or load it if the storage has one of that name (resume)."""
@@ -175,14 +161,16 @@ def search(space: Space, cost_model: CostModel, *, trials: int = 200, seed: int 
            sampler: str = "tpe", time_budget: float | None = None,
            attrs: Mapping | None = None) -> SearchResult:
     """Search `trials` trials (in all, counting those a resumed study already holds; or until
-    `time_budget` seconds) and return the best plan found. `suggestions` (from a prior) are
-    enqueued after the eager and all-fused starts."""
+    `time_budget` seconds) and return the best plan found. The eager plan is the first trial;
+    `suggestions` (from a prior) are enqueued after it."""
     study = open_study(study_name, storage, sampler, seed, attrs)
     evaluator = Evaluator(space, cost_model)
     finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
     suggested = 0
     if not study.trials:
-        for given in [*starts(space), *suggestions]:  # a param left out takes what eager does
+        # Eager first (the reference every search sees), then the prior's suggestions; a param a
+        # suggestion leaves out takes what eager does.
+        for given in [{}, *suggestions]:
             study.enqueue_trial({p.name: given.get(p.name, p.choices[0]) for p in space.params},
                                 skip_if_exists=True)
         suggested = len(suggestions)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autotune.priors import load_prior
 from autotune.report import layer_groups, render_report, vertex_ms, write_report
 from autotune.search import search
 from autotune.space import Space
@@ -20,16 +21,21 @@ from costmodel.hardware import load_profile
 SVG = "{http://www.w3.org/2000/svg}"
 
 
+def tuned(d):
+    """20 trials after the heuristic prior's suggestions, so the plan fuses (as autotune's does)."""
+    space = Space(d, load_profile("a100"))
+    return d, search(space, Roofline(), trials=20, progress=False,
+                     suggestions=load_prior("heuristic").suggest(space, 4))
+
+
 @pytest.fixture(scope="module")
 def bert(capture):
-    d = capture("bert-base", 1, 32)
-    return d, search(Space(d, load_profile("a100")), Roofline(), trials=20, progress=False)
+    return tuned(capture("bert-base", 1, 32))
 
 
 @pytest.fixture(scope="module")
 def gpt2(capture):
-    d = capture("gpt2", 1, 32)
-    return d, search(Space(d, load_profile("a100")), Roofline(), trials=20, progress=False)
+    return tuned(capture("gpt2", 1, 32))
 
 
 def parse(page: str) -> ET.Element:

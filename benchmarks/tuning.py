@@ -1,6 +1,6 @@
 """The autotuner benchmark: wall time, predicted speedup, search efficiency, measured speedup.
 
-    python benchmarks/autotune.py [--trials 500] [--models bert-base,gpt2,scgpt]
+    python benchmarks/tuning.py [--trials 500] [--models bert-base,gpt2,scgpt]
                                   [--targets a100,h100,cpu] [--llm smollm2] [--no-measure]
 
 For each model (batch 1, seq 128, fp32) and target:
@@ -52,7 +52,10 @@ def trials_to_within(history: list[float], best: float, tolerance: float = 0.01)
     return None
 
 
-def efficiency(model: str, target: str, trials: int, llm: str | None) -> dict[str, int | None]:
+def efficiency(model: str, target: str, trials: int,
+               llm: str | None) -> dict[str, tuple[int | None, float]]:
+    """Per method: (trials to within 1% of the best plan any method found, its own best
+    predicted speedup over eager)."""
     from autotune.priors import load_prior
     from autotune.search import search
     from autotune.space import Space
@@ -72,7 +75,7 @@ def efficiency(model: str, target: str, trials: int, llm: str | None) -> dict[st
                         suggestions=prior.suggest(space, n))
         histories[name] = list(result.history)
     best = min(min(h) for h in histories.values())
-    return {name: trials_to_within(h, best) for name, h in histories.items()}
+    return {name: (trials_to_within(h, best), h[0] / min(h)) for name, h in histories.items()}
 
 
 def main() -> None:
@@ -86,16 +89,19 @@ def main() -> None:
     methods = [m[0] for m in METHODS] + ([f"tpe+llm:{args.llm}"] if args.llm else [])
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
           f"batch 1, seq 128, fp32, {args.trials} trials, gnn cost model, one run per cell")
+    width = {m: max(len(m), 11) for m in methods}
     head = f"{'model':<10} {'target':<6} {'wall s':>7} {'pred x':>7} " + \
-        " ".join(f"{m:>{max(len(m), 6)}}" for m in methods) + f" {'meas x eager':>12} {'x compile':>9}"
-    print("trials to within 1% of the best plan found:")
+        " ".join(f"{m:>{width[m]}}" for m in methods) + f" {'meas x eager':>12} {'x compile':>9}"
+    print("per method: trials to within 1% of the best plan any method found ('-': not in "
+          "the budget), and (its best predicted speedup)")
     print(head)
     for model in args.models.split(","):
         for target in args.targets.split(","):
             measure = target == "cpu" and not args.no_measure
             seconds, doc = cold_autotune(model, target, args.trials, measure)
             eff = efficiency(model, target, args.trials, args.llm or None)
-            cells = " ".join(f"{eff[m] or '-'!s:>{max(len(m), 6)}}" for m in methods)
+            cells = " ".join(f"{f'{eff[m][0] or chr(45)} ({eff[m][1]:.3f}x)':>{width[m]}}"
+                             for m in methods)
             meas = doc.get("measured")
             extra = (f" {meas['baseline']['measured_ms'] / meas['plan']['measured_ms']:>12.3f}"
                      f" {meas['compiled_ms'] / meas['plan']['measured_ms']:>9.3f}") if meas else \
