@@ -127,20 +127,19 @@ def _main(argv: Sequence[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     name = study_name(args, space.diagram.hash, cost_model.name)
     storage = storage_url(args.storage, out)
-    suggestions = prior.suggest(space, 8)
     trials = 10**9 if args.time_budget else args.trials
     result = search(space, cost_model, trials=trials, seed=args.seed, progress=not args.quiet,
-                    suggestions=suggestions, storage=storage, study_name=name,
+                    suggestions=lambda: prior.suggest(space, 8), storage=storage, study_name=name,
                     sampler=args.sampler, time_budget=args.time_budget,
                     attrs={"model": args.model, "batch": args.batch, "seq": args.seq,
                            "dtype": args.dtype, "target": args.target,
-                           "cost_model": args.cost_model})
+                           "cost_model": args.cost_model, "sampler": args.sampler})
     extra = {"prior": {"name": prior.name, **prior.stats}, "sampler": args.sampler}
     measured = None
     if args.measure:
         measured = _measure(args, space, result)
         extra["measured"] = measured
-    whatifs = _whatifs(args, cost_model, result)
+    whatifs = _whatifs(args, cost_model, result, space.diagram)
     extra["whatifs"] = whatifs
     doc = plan_document(result, model=args.model, diagram_hash=space.diagram.hash,
                         batch=args.batch, seq=args.seq, dtype=args.dtype, seed=args.seed,
@@ -175,7 +174,7 @@ def _worker(argv: Sequence[str]) -> int:
                         "--storage URL first") from None
     space, cost_model = _build(attrs["model"], attrs["batch"], attrs["seq"], attrs["dtype"],
                                attrs["target"], attrs["cost_model"])
-    study = open_study(args.study, storage, "tpe", seed=None)
+    study = open_study(args.study, storage, attrs.get("sampler", "tpe"), seed=None)
     done = run_trials(study, space, Evaluator(space, cost_model), args.trials,
                       progress=not args.quiet, desc="worker")
     print(f"worker ran {done} trials of {args.study!r}; best {study.best_value:.4f} ms")
@@ -196,11 +195,11 @@ def _measure(args, space, result) -> dict:
             "rows_written": written.get("written", 0)}
 
 
-def _whatifs(args, cost_model, result) -> list[dict]:
+def _whatifs(args, cost_model, result, diagram) -> list[dict]:
     from autotune.whatif import whatifs
 
     rows = whatifs(args.model, args.batch, args.seq, args.dtype, args.target, cost_model,
-                   baseline_ms=result.best.total_ms)
+                   baseline_ms=result.best.total_ms, original=diagram)
     return [{"name": w.name, "description": w.description, "baseline_ms": w.baseline_ms,
              "variant_ms": w.variant_ms, "saving": w.saving} for w in rows]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import optuna
@@ -156,18 +156,22 @@ def best_plan(study: optuna.Study, space: Space) -> Plan:
 
 
 def search(space: Space, cost_model: CostModel, *, trials: int = 200, seed: int = 0,
-           progress: bool = True, suggestions: Sequence[Mapping[str, str]] = (),
+           progress: bool = True,
+           suggestions: Sequence[Mapping[str, str]] | Callable[[], Sequence[Mapping[str, str]]] = (),
            storage: str | optuna.storages.BaseStorage | None = None, study_name: str = "autotune",
            sampler: str = "tpe", time_budget: float | None = None,
            attrs: Mapping | None = None) -> SearchResult:
     """Search `trials` trials (in all, counting those a resumed study already holds; or until
     `time_budget` seconds) and return the best plan found. The eager plan is the first trial;
-    `suggestions` (from a prior) are enqueued after it."""
+    `suggestions` (from a prior) are enqueued after it; pass a callable to have them asked for
+    only when the study is new (a resumed study has them already, and an LLM prior is slow)."""
     study = open_study(study_name, storage, sampler, seed, attrs)
     evaluator = Evaluator(space, cost_model)
     finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
     suggested = 0
     if not study.trials:
+        if callable(suggestions):
+            suggestions = suggestions()
         # Eager first (the reference every search sees), then the prior's suggestions; a param a
         # suggestion leaves out takes what eager does.
         for given in [{}, *suggestions]:

@@ -237,7 +237,7 @@ class Space:
 
     def _pointwise_sites(self) -> list[tuple[str, tuple[str, ...]]]:
         """Connected groups (two or more) of pointwise ops of one size, each reading another's
-        output: one kernel instead of one per op (GPT-2's tanh GELU is seven)."""
+        output: one kernel instead of one per op (GPT-2's tanh GELU is eight)."""
         d = self.diagram
         pointwise = {v.name for v in d.vertices if v.kind in EPILOGUE_KINDS}
         numel = {n: math.prod(d.vertex[n].output_shapes[0]) for n in pointwise}

@@ -117,7 +117,7 @@ class _NotBuilt(Exception):
 
 def whatifs(model: str, batch: int, seq: int, dtype: str, target: HardwareProfile | str,
             cost_model: CostModel | str = "roofline", *, baseline_ms: float | None = None,
-            overrides: dict | None = None) -> list[WhatIf]:
+            overrides: dict | None = None, original: Diagram | None = None) -> list[WhatIf]:
     """Price the architecture what-ifs of `model` (a zoo name or a config.json path) at
     (batch, seq, dtype) on `target`, each next to the unmodified model, both as eager plans
     (the mask what-ifs with mask-skipping attention, see the module docstring).
@@ -128,11 +128,13 @@ def whatifs(model: str, batch: int, seq: int, dtype: str, target: HardwareProfil
     the caller's plan, which names vertices the variant may not have.
     `overrides`: config entries changed in the model itself and in every variant (as
     `capture_model` takes them), e.g. `{"num_hidden_layers": 2}` for a shallower model like it.
+    `original`: the unmodified model's diagram, where the caller has captured it already.
     """
     hw = load_profile(target) if isinstance(target, str) else target
     cost_model = load_cost_model(cost_model)
     overrides = overrides or {}
-    original = capture_model(model, batch, seq, dtype, overrides=overrides)
+    if original is None:
+        original = capture_model(model, batch, seq, dtype, overrides=overrides)
     masks = {v.mask_kind for v in original.vertices if v.kind == "attention"}
     # Priced before any variant, so what fails for the model itself (a dtype the target lacks)
     # is raised, not reported as variants that could not be built.

@@ -101,3 +101,21 @@ def test_autotune_measure_needs_the_target_here(tmp_path, capsys):
     assert main(["--target", "a100", "--seq", "16", "--trials", "3", "--cost-model", "roofline",
                  "--measure", "--quiet", "--out", str(tmp_path)]) == 2
     assert "needs --target cpu" in capsys.readouterr().err
+
+
+def test_a_resumed_study_does_not_ask_the_prior_again(capture, tmp_path):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    space = Space(capture("bert-base", 1, 32), load_profile("a100"))
+    asked = []
+
+    def suggest():
+        asked.append(1)
+        return [{space.params[0].name: space.params[0].choices[-1]}]
+
+    for trials in (6, 12):
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "s.journal")))
+        r = search(space, Roofline(), trials=trials, progress=False, suggestions=suggest,
+                   storage=storage, study_name="s")
+    assert len(asked) == 1 and r.trials == 12
