@@ -41,7 +41,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--cost-model", default=DEFAULT_COST_MODEL,
                    help="gnn (the shipped checkpoint, default), roofline, or a saved model file")
     p.add_argument("--measure", action="store_true",
-                   help="run eager and the plan on this machine (target cpu) and compare")
+                   help="run eager, the plan and torch.compile on this machine (target cpu, or "
+                        "the GPU here) and compare with the predictions")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for --measure (default: torch's; 1 is steadier on a busy host)")
     p.add_argument("--dataset", default=None,
@@ -119,10 +120,7 @@ def _main(argv: Sequence[str]) -> int:
     prior = load_prior(args.prior)
     space, cost_model = _build(args.model, args.batch, args.seq, args.dtype, args.target,
                                args.cost_model)
-    if args.measure and space.target.kind != "cpu":
-        raise UserError(f"--measure runs the plan on this machine, so it needs --target cpu; "
-                        f"{space.target.name} is not here (CUDA verification comes with the "
-                        "kernels of a later release)")
+    device = _measure_device(space.target) if args.measure else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = study_name(args, space.diagram.hash, cost_model.name)
@@ -137,7 +135,7 @@ def _main(argv: Sequence[str]) -> int:
     extra = {"prior": {"name": prior.name, **prior.stats}, "sampler": args.sampler}
     measured = None
     if args.measure:
-        measured = _measure(args, space, result)
+        measured = _measure(args, result, device)
         extra["measured"] = measured
     whatifs = _whatifs(args, cost_model, result, space.diagram)
     extra["whatifs"] = whatifs
@@ -181,17 +179,33 @@ def _worker(argv: Sequence[str]) -> int:
     return 0
 
 
-def _measure(args, space, result) -> dict:
+def _measure_device(target) -> str:
+    """Where --measure runs the plan: "cpu" for the cpu target, "cuda" when the GPU here is
+    the target's; a UserError otherwise (checked before the search, so nobody waits for it)."""
+    if target.kind == "cpu":
+        return "cpu"
+    if target.kind == "gpu":
+        from costmodel.measure import CudaBackend
+
+        here = CudaBackend().hardware  # says plainly when there is no GPU
+        if here == target.name:
+            return "cuda"
+        raise UserError(f"--measure runs the plan on this machine: the GPU here is {here}, not "
+                        f"{target.name}; use --target {here}, or leave out --measure")
+    raise UserError(f"--measure runs on cpu or a CUDA GPU, not on {target.name} ({target.kind})")
+
+
+def _measure(args, result, device: str) -> dict:
     from autotune.verify import record, verify_plan
 
     v = verify_plan(args.model, args.batch, args.seq, args.dtype, result.plan,
                     repeats=args.repeats, seed=args.seed, threads=args.threads,
-                    progress=not args.quiet)
+                    device=device, progress=not args.quiet)
     written = record(v, **({"root": args.dataset} if args.dataset else {}))
     return {"baseline": {"predicted_ms": result.baseline.total_ms, "measured_ms": v.eager_ms},
             "plan": {"predicted_ms": result.best.total_ms, "measured_ms": v.plan_ms},
             "compiled_ms": v.compiled_ms, "max_abs_error": v.max_abs_error,
-            "repeats": v.repeats, "threads": v.threads, "hardware": v.hardware,
+            "repeats": v.repeats, "threads": v.threads, "hardware": v.hardware, "device": v.device,
             "rows_written": written.get("written", 0)}
 
 
@@ -249,7 +263,8 @@ def _measured_table(m: dict) -> str:
              "  torch.compile    (the whole model failed to compile)",
              f"  measured speedup {b['measured_ms'] / p['measured_ms']:.3f}x over eager"
              + (f", {c / p['measured_ms']:.3f}x over whole-model torch.compile" if c else "")
-             + f" (median of {m['repeats']}, {m['threads']} threads)"]
+             + f" (median of {m['repeats']}, "
+             + (f"{m['threads']} threads)" if m.get("device", "cpu") == "cpu" else f"{m['hardware']})")]
     return "\n".join(lines)
 
 if __name__ == "__main__":

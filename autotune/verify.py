@@ -1,9 +1,11 @@
-"""Run a plan for real on the host CPU: check it computes what eager PyTorch computes, and time it.
+"""Run a plan for real on this machine (the host CPU, or the CUDA GPU when the target is the GPU
+here): check it computes what eager PyTorch computes, and time it.
 
 The model is captured as the zoo captures it (`zoo.export_model`: torch.export on meta tensors),
 so every diagram vertex is a node of that exported graph, by name. The same graph then runs on
-real CPU tensors: the zoo's model class built again with seeded random weights (in eval mode),
-its parameters and buffers fed to the graph's placeholders, and seeded example inputs. Three ways:
+real tensors on the device: the zoo's model class built again with seeded random weights (in
+eval mode), its parameters and buffers fed to the graph's placeholders, and seeded example
+inputs. Three ways:
 
 - eager: the exported ATen graph, one op after another (the diagram's eager partition);
 - plan: the same graph with each fusion group of the plan (its vertices and the free views
@@ -18,8 +20,13 @@ fused kernel takes, and would be charged to the plan once per group.
 
 Before timing, one checked run calls every group compiled and eager on the same inputs and
 compares (naming the first group that differs), and the plan's and the whole compile's outputs
-are compared with the model's own eager forward. Tiles (`Tile` decisions) are GPU launch
-parameters and are ignored here.
+are compared with the model's own eager forward. Tiles (`Tile` decisions) are not applied:
+inductor picks its own launch parameters (on a GPU, its Triton kernels' tiles), so they are
+counted as ignored.
+
+On a GPU, fp32 runs with TF32 off (`torch.set_float32_matmul_precision("highest")`, as
+`costmodel measure` times fp32) and tf32 with it on; each timed call ends with a device
+synchronisation, so a call's time is its kernels' time plus the launches.
 """
 from __future__ import annotations
 
@@ -51,13 +58,20 @@ from costmodel.dataset import (
 )
 from costmodel.diagram import Diagram
 from costmodel.errors import UserError
-from costmodel.measure import HostBackend, Result, add_context_rows, on_device
+from costmodel.measure import (
+    Backend,
+    CudaBackend,
+    HostBackend,
+    Result,
+    add_context_rows,
+    matmul_precision,
+    on_device,
+)
 from costmodel.plan import Plan, Tile
 
 # Allowed max |plan - eager| per dtype: rtol times the largest |eager| value, plus atol. Inductor
 # reorders reductions and keeps epilogues in fp32, so low precisions drift more.
 TOLERANCE = {"fp32": (1e-3, 1e-4), "tf32": (1e-3, 1e-4), "fp16": (2e-2, 1e-3), "bf16": (6e-2, 1e-2)}
-CPU = torch.device("cpu")
 
 
 class PlanError(UserError):
@@ -78,7 +92,7 @@ class FusedKernel:
 
 @dataclass(frozen=True)
 class Verification:
-    """What running a plan on this CPU gave. Times in milliseconds (median over `repeats`
+    """What running a plan on this machine gave. Times in milliseconds (median over `repeats`
     interleaved calls after `warmup`). Compile times in seconds: first calls, compile included;
     inductor's on-disk cache makes them shorter when the same code compiled before."""
 
@@ -88,7 +102,8 @@ class Verification:
     dtype: str
     plan: Plan
     plan_hash: str
-    hardware: str  # the host's hardware name, as `costmodel measure` rows name it
+    hardware: str  # the host's or the GPU's hardware name, as `costmodel measure` rows name it
+    device: str  # "cpu" or "cuda:0"
     threads: int
     repeats: int
     warmup: int
@@ -101,7 +116,7 @@ class Verification:
     compiled_max_abs_error: float | None
     tolerance: float  # the largest max_abs_error accepted for these outputs
     kernels: tuple[FusedKernel, ...]
-    ignored_tiles: int  # Tile decisions (GPU only)
+    ignored_tiles: int  # Tile decisions: inductor chose its own
     loadavg_1m: float | None  # the host's load when timing ended: other processes skew timings
     diagram: Diagram = field(repr=False, compare=False)
 
@@ -140,7 +155,7 @@ def build_model(model: str, batch: int, seq: int, dtype: str, *, seed: int = 0
                 ) -> tuple[nn.Module, tuple, dict]:
     """The module `zoo.export_model(model, ...)` captures, built on the CPU with seeded random
     weights (the model's own initialisation) in eval mode, and example inputs for it (token ids
-    drawn below the vocabulary size): (module, args, kwargs)."""
+    drawn below the vocabulary size): (module, args, kwargs), all on the CPU."""
     from costmodel.zoo import ScGPT, ScGPTConfig, model_config
 
     config = model_config(model)
@@ -212,7 +227,7 @@ class _Group:
     key: str
 
 
-def _group(nodes: list[torch.fx.Node], label: str) -> _Group:
+def _group(nodes: list[torch.fx.Node], label: str, device: torch.device) -> _Group:
     inside = set(nodes)
     inputs: list[torch.fx.Node] = []
     for n in nodes:
@@ -221,8 +236,8 @@ def _group(nodes: list[torch.fx.Node], label: str) -> _Group:
     env = {i: graph.placeholder(f"in{k}") for k, i in enumerate(inputs)}
     for k, n in enumerate(nodes):
         args, kwargs = torch.fx.node.map_arg((n.args, n.kwargs), lambda x: env[x])
-        env[n] = graph.create_node(n.op, n.target, on_device(args, CPU), on_device(kwargs, CPU),
-                                   name=f"v{k}")
+        env[n] = graph.create_node(n.op, n.target, on_device(args, device),
+                                   on_device(kwargs, device), name=f"v{k}")
     outputs = [n for n in nodes if any(u not in inside for u in n.users)] or nodes[-1:]
     graph.output(tuple(env[n] for n in outputs))
     module = torch.fx.GraphModule(nn.Module(), graph)
@@ -237,11 +252,11 @@ def _spec(val: Any) -> Any:
     return repr(val)
 
 
-def _partition(gm: torch.fx.GraphModule, groups: Sequence[tuple[tuple[str, ...], str]]
-               ) -> tuple[torch.fx.Graph, list[_Group]]:
+def _partition(gm: torch.fx.GraphModule, groups: Sequence[tuple[tuple[str, ...], str]],
+               device: torch.device) -> tuple[torch.fx.Graph, list[_Group]]:
     """`gm`'s graph with group i (vertex names, label) replaced by a call to a submodule
     `group_<i>` (the groups are returned in the order given); every other node is copied, its
-    devices set to the CPU. Units (a group, or one other node) are ordered topologically, each
+    devices (meta, from the capture) set to `device`. Units (a group, or one other node) are ordered topologically, each
     as early as the original order allows."""
     order = {n: k for k, n in enumerate(gm.graph.nodes)}
     by_name = {n.name: n for n in gm.graph.nodes}
@@ -284,10 +299,10 @@ def _partition(gm: torch.fx.GraphModule, groups: Sequence[tuple[tuple[str, ...],
         if u[0] == "node":
             n = members[u][0]
             new = graph.node_copy(n, lambda x: env[x])
-            new.args, new.kwargs = on_device(new.args, CPU), on_device(new.kwargs, CPU)
+            new.args, new.kwargs = on_device(new.args, device), on_device(new.kwargs, device)
             env[n] = new
             continue
-        g = built[u[1]] = _group(members[u], groups[u[1]][1])
+        g = built[u[1]] = _group(members[u], groups[u[1]][1], device)
         call = graph.call_module(f"group_{u[1]}", tuple(env[i] for i in g.inputs))
         for k, n in enumerate(g.outputs):
             env[n] = graph.call_function(operator.getitem, (call, k))
@@ -296,8 +311,25 @@ def _partition(gm: torch.fx.GraphModule, groups: Sequence[tuple[tuple[str, ...],
 
 
 def _compile(module: torch.fx.GraphModule, example: Sequence[Any]) -> Callable:
-    """Inductor on an fx module of ATen ops, for the shapes and strides of `example` (static)."""
-    return torch._inductor.compile(copy.deepcopy(module), list(example))
+    """Inductor on an fx module of ATen ops, for the shapes and strides of `example` (static).
+    Inputs that are not tensors (`use_cache=False`, an int) are folded into the graph as the
+    constants they are in `example` (inductor takes only tensors and symbolic sizes; some
+    releases refuse a bool); the callable returned still takes every input."""
+    module = copy.deepcopy(module)
+    places = [n for n in module.graph.nodes if n.op == "placeholder"]
+    keep = [i for i, x in enumerate(example) if isinstance(x, torch.Tensor)]
+    if len(keep) == len(example):
+        return torch._inductor.compile(module, list(example))
+    for i, node in enumerate(places):
+        if i in keep:
+            continue
+        for user in list(node.users):
+            user.args, user.kwargs = torch.fx.node.map_arg(
+                (user.args, user.kwargs), lambda a, n=node, v=example[i]: v if a is n else a)
+        module.graph.erase_node(node)
+    module.recompile()
+    fn = torch._inductor.compile(module, [example[i] for i in keep])
+    return lambda *xs: fn(*(xs[i] for i in keep))
 
 
 class _Checked(nn.Module):
@@ -364,30 +396,48 @@ def _error(out: Any, ref: Any, dtype: str) -> tuple[float, float]:
 
 def verify_plan(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats: int = 20,
                 warmup: int = 3, seed: int = 0, threads: int | None = None,
-                progress: bool = True) -> Verification:
+                device: str = "cpu", progress: bool = True) -> Verification:
     """Run `plan` for `model` (a zoo name or a Hugging Face config.json path) at (batch, seq,
-    dtype) on this CPU: check its outputs against eager PyTorch, then time eager, the plan and
-    the whole graph compiled by inductor, interleaved, `repeats` times each after `warmup` calls.
-    `threads` sets torch's CPU threads for the run (None: as they are).
+    dtype) on `device` ("cpu", or "cuda" for this machine's GPU 0): check its outputs against
+    eager PyTorch, then time eager, the plan and the whole graph compiled by inductor,
+    interleaved, `repeats` times each after `warmup` calls. `threads` sets torch's CPU threads
+    for the run (None: as they are).
 
     Raises PlanError (a UserError) naming the fusion group when the plan does not fit the
-    model's graph, a group fails to compile, or its result differs from eager beyond TOLERANCE.
+    model's graph, a group fails to compile, or its result differs from eager beyond TOLERANCE;
+    UserError when `device` is not here.
     """
     if repeats < 1 or warmup < 0:
         raise UserError(f"repeats must be at least 1 and warmup at least 0; got {repeats}, {warmup}")
+    backend = _backend(device)
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    precision = "high" if dtype == "tf32" else "highest"
     try:
-        with torch.no_grad():
+        with torch.no_grad(), matmul_precision(precision):
             return _verify(model, batch, seq, dtype, plan, repeats=repeats, warmup=warmup,
-                           seed=seed, progress=progress)
+                           seed=seed, backend=backend, progress=progress)
     finally:
         torch.set_num_threads(before)
 
 
+def _backend(device: str) -> HostBackend | CudaBackend:
+    """The measuring backend of `device`, for the hardware name and the rows' provenance."""
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return HostBackend()
+    if kind == "cuda":
+        return CudaBackend()  # says plainly when there is no GPU
+    raise UserError(f"verify runs on cpu or cuda, not {device!r}")
+
+
+def _device(backend: Backend) -> torch.device:
+    return getattr(backend, "device", torch.device("cpu"))
+
+
 def _verify(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats: int,
-            warmup: int, seed: int, progress: bool) -> Verification:
+            warmup: int, seed: int, backend: Backend, progress: bool) -> Verification:
     from costmodel.zoo import export_model
 
     say = _say if progress else lambda *_: None
@@ -398,8 +448,11 @@ def _verify(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats
     except ValueError as e:
         raise PlanError(f"the plan does not fit {diagram.name}: {e}") from None
     ignored = sum(isinstance(d, Tile) for d in plan.decisions)
-    say(f"verify: building {diagram.name} on the CPU with random weights (seed {seed})")
+    device = _device(backend)
+    say(f"verify: building {diagram.name} on {device} with random weights (seed {seed})")
     module, args, kwargs = build_model(model, batch, seq, dtype, seed=seed)
+    module = module.to(device)
+    args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
     inputs = _flat_inputs(exported, module, args, kwargs)
     reference = [t for t in pytree.tree_leaves(module(*args, **kwargs)) if isinstance(t, torch.Tensor)]
     gm = exported.graph_module
@@ -409,7 +462,7 @@ def _verify(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats
     def outputs(flat: Any) -> list:
         return [flat[k] for k in user_outputs]
 
-    graph, _ = _partition(gm, [])
+    graph, _ = _partition(gm, [], device)
     eager = torch.fx.GraphModule({}, graph)
     err, allowed = _error(outputs(eager(*inputs)), reference, dtype)
     if err > allowed:  # the captured graph must compute the model, or nothing below means anything
@@ -418,7 +471,7 @@ def _verify(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats
 
     groups = [(tuple(v.name for v in k.subdiagram.vertices), _label(k.subdiagram.vertices))
               for k in kernels]
-    graph, built = _partition(gm, groups)
+    graph, built = _partition(gm, groups, device)
     shared: dict[str, Callable] = {}
     checks = {f"group_{i}": _Checked(g, shared, dtype) for i, g in enumerate(built)}
     say(f"verify: compiling the plan's {len(built)} fusion groups "
@@ -447,16 +500,17 @@ def _verify(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats
     fns = {"eager": eager, "plan": planned}
     if whole_error is None:
         fns["compiled"] = whole
-    say(f"verify: timing {', '.join(fns)}: {warmup} warm-up and {repeats} timed calls each "
-        f"on {torch.get_num_threads()} threads")
-    samples = _time(fns, inputs, repeats=repeats, warmup=warmup)
+    where = f"on {torch.get_num_threads()} threads" if device.type == "cpu" else f"on {backend.hardware}"
+    say(f"verify: timing {', '.join(fns)}: {warmup} warm-up and {repeats} timed calls each {where}")
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    samples = _time(fns, inputs, repeats=repeats, warmup=warmup, sync=sync)
     compiled = Result.of(samples["compiled"]) if whole_error is None else Result.failure(whole_error)
     fused = tuple(FusedKernel(g.vertices, k.subdiagram.hash, checks[f"group_{i}"].compile_s,
                               checks[f"group_{i}"].max_abs_error)
                   for i, (g, k) in enumerate(zip(built, kernels)))
     return Verification(
         model=diagram.name, batch=batch, seq=seq, dtype=dtype, plan=plan, plan_hash=plan_hash(plan),
-        hardware=HostBackend().hardware, threads=torch.get_num_threads(), repeats=repeats,
+        hardware=backend.hardware, device=str(device), threads=torch.get_num_threads(), repeats=repeats,
         warmup=warmup, eager=Result.of(samples["eager"]), planned=Result.of(samples["plan"]),
         compiled=compiled, plan_compile_s=round(plan_compile_s, 3),
         compiled_compile_s=None if whole_s is None else round(whole_s, 3),
@@ -472,19 +526,22 @@ def _label(vertices: Sequence) -> str:
     return f"{names} ({module})" if module else names
 
 
-def _time(fns: dict[str, Callable], inputs: list, *, repeats: int, warmup: int
-          ) -> dict[str, list[float]]:
-    """Milliseconds of each call, the callables interleaved (rotated each round) so load from
-    other processes falls on all of them alike."""
+def _time(fns: dict[str, Callable], inputs: list, *, repeats: int, warmup: int,
+          sync: Callable[[], None]) -> dict[str, list[float]]:
+    """Milliseconds of each call, `sync` (the device's synchronisation) ending each, the
+    callables interleaved (rotated each round) so load from other processes falls on all of
+    them alike."""
     for fn in fns.values():
         for _ in range(warmup):
             fn(*inputs)
+    sync()
     names = list(fns)
     samples: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
             start = time.perf_counter_ns()
             fns[name](*inputs)
+            sync()
             samples[name].append((time.perf_counter_ns() - start) / 1e6)
     return samples
 
@@ -499,8 +556,8 @@ def _say(message: str) -> None:
 
 def record(verification: Verification, *, root: str | Path = DATA_DIR) -> dict[str, int]:
     """Append the whole-model timings (eager, plan, whole-model compile) to the dataset at
-    `root` as "model"-scope rows of source "host", with the diagram and hardware rows they refer
-    to, the way `costmodel measure` writes host rows. Rows already there (same model, plan,
+    `root` as "model"-scope rows of source "host" or "cuda" (where it ran), with the diagram and
+    hardware rows they refer to, the way `costmodel measure` writes its rows. Rows already there (same model, plan,
     machine and software) are skipped. Returns {"written", "skipped"}.
 
     Like NeuSight's whole-model rows: `diagram_hash` names the graph, `extra_json` holds the
@@ -508,14 +565,16 @@ def record(verification: Verification, *, root: str | Path = DATA_DIR) -> dict[s
     plan, the whole compile), so `costmodel.evaluate.model_workloads` leaves them out of eager
     composition."""
     v = verification
-    be = HostBackend()
+    be = _backend(v.device)
     if v.hardware != be.hardware:
         raise ValueError(f"this verification ran on {v.hardware}, not on this machine ({be.hardware})")
     prov, env = be.provenance(), be.environment()
+    if isinstance(be, CudaBackend):  # the GPU's clocks, temperature and power just after timing
+        env["clocks_json"] = dumps(be.clocks())
     key = {**be.key(), "threads": v.threads}
     base = {"model": v.model, "batch": v.batch, "seq": v.seq, "dtype": v.dtype,
             "workload": f"{v.model}-inf-{v.seq}-{v.batch}", "warmup": v.warmup,
-            "loadavg_1m": v.loadavg_1m, "cache": "warm (one input set)"}
+            "loadavg_1m": v.loadavg_1m, "cache": "warm (one input set)", "device": v.device}
     runs = [
         ("eager", v.eager, {"plan": "eager", "compiler": "eager"}, {"plan": "eager"}),
         ("plan", v.planned, {"plan": v.plan_hash, "compiler": "inductor", "fused": True},
@@ -537,6 +596,7 @@ def record(verification: Verification, *, root: str | Path = DATA_DIR) -> dict[s
                 kernel_name=f"{name}:model", runtime_iqr_ms=result.iqr_ms,
                 runtime_min_ms=result.min_ms, runtime_max_ms=result.max_ms, repeats=result.repeats,
                 framework=env.get("framework"), framework_version=env.get("framework_version"),
+                driver_version=env.get("driver_version"), cuda_version=env.get("cuda_version"),
                 clocks_json=env.get("clocks_json"), threads=v.threads,
                 extra_json=dumps({**base, **extra}))
             counts["skipped" if row["measurement_id"] in done else "written"] += 1

@@ -895,7 +895,7 @@ class CudaBackend(_TorchBackend):
         return wl.with_target(lambda *a, **k: op(*a, **k, config=tile, tf32=tf32))
 
     def _numerics(self, dtype: str) -> contextlib.AbstractContextManager:
-        return _matmul_precision("high" if dtype == "tf32" else "highest")
+        return matmul_precision("high" if dtype == "tf32" else "highest")
 
     @contextlib.contextmanager
     def _context(self, request: Request) -> Iterator[None]:
@@ -949,9 +949,9 @@ class CudaBackend(_TorchBackend):
         return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
     def _row_extra(self) -> dict:
-        return {"clocks": self._clocks(), "cache": "cold (rotating input sets over 2x L2)"}
+        return {"clocks": self.clocks(), "cache": "cold (rotating input sets over 2x L2)"}
 
-    def _clocks(self) -> dict:
+    def clocks(self) -> dict:
         """SM and memory clocks (MHz), temperature (C), power (W) and the clock-event reasons
         bitmask now, from NVML; empty where NVML is not available."""
         if self._nvml is None:
@@ -993,7 +993,9 @@ def _nvml_handle(props: Any, index: int) -> Any:
 
 
 @contextlib.contextmanager
-def _matmul_precision(precision: str) -> Iterator[None]:
+def matmul_precision(precision: str) -> Iterator[None]:
+    """torch's float32 matmul precision for the block ("highest": TF32 off, "high": on), then
+    restored."""
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
@@ -1093,7 +1095,7 @@ class FakeBackend(CudaBackend):
         samples = [seconds * 1e3 * factor * rng.lognormvariate(0.0, self.noise) for _ in range(self.repeats)]
         return Result.of(samples, input_sets=1, input_bytes=wl.input_bytes, **self._row_extra())
 
-    def _clocks(self) -> dict:
+    def clocks(self) -> dict:
         return {"sm_mhz": self._fake_profile.boost_clock_mhz, "fake": True}
 
     def _cleanup(self, request: Request) -> None:

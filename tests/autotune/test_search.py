@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from autotune.cli import main
 from autotune.search import Evaluator, search
@@ -98,9 +99,17 @@ def test_autotune_measure_runs_eager_and_the_plan_here(tmp_path, capsys):
 
 
 def test_autotune_measure_needs_the_target_here(tmp_path, capsys):
-    assert main(["--target", "a100", "--seq", "16", "--trials", "3", "--cost-model", "roofline",
-                 "--measure", "--quiet", "--out", str(tmp_path)]) == 2
-    assert "needs --target cpu" in capsys.readouterr().err
+    args = ["--seq", "16", "--trials", "3", "--cost-model", "roofline", "--measure", "--quiet",
+            "--out", str(tmp_path)]
+    assert main(["--target", "a100", *args]) == 2
+    err = capsys.readouterr().err
+    if torch.cuda.is_available():  # a GPU here, but not an A100 (the lent machines are H100/H200)
+        assert "the GPU here is" in err and "not a100-sxm4-80gb" in err
+    else:
+        assert "torch.cuda.is_available() is False" in err
+    assert main(["--target", "tpu-v4", "--dtype", "bf16", *args]) == 2
+    assert "--measure runs on cpu or a CUDA GPU, not on tpu-v4" in capsys.readouterr().err
+    assert not (tmp_path / "plan.json").exists()  # refused before any search
 
 
 def test_a_resumed_study_does_not_ask_the_prior_again(capture, tmp_path):

@@ -54,7 +54,7 @@ def test_the_plan_matches_eager_and_is_timed(verified, tiny):
     for result in (v.eager, v.planned, v.compiled):
         assert result.repeats == 3 and 0 < result.min_ms <= result.runtime_ms <= result.max_ms
     assert v.eager_ms == v.eager.runtime_ms and v.plan_ms > 0 and v.compiled_ms > 0
-    assert v.threads == torch.get_num_threads() and v.ignored_tiles == 1
+    assert v.threads == torch.get_num_threads() and v.ignored_tiles == 1 and v.device == "cpu"
     assert v.plan_compile_s > 0 and v.compiled_compile_s > 0
 
 
@@ -140,7 +140,7 @@ def test_a_group_that_leaves_and_comes_back_is_refused():
     names = [n.name for n in gm.graph.nodes if n.op == "call_function"]
     matmul, add = names[0], names[-1]
     with pytest.raises(V.PlanError, match="leaves a group and comes back"):
-        V._partition(gm, [((matmul, add), "matmul+add")])
+        V._partition(gm, [((matmul, add), "matmul+add")], torch.device("cpu"))
 
 
 def test_build_model_is_seeded_and_leaves_the_global_rng_alone(tiny):
@@ -160,3 +160,44 @@ def test_build_model_is_seeded_and_leaves_the_global_rng_alone(tiny):
 def test_bad_repeats_are_refused(tiny):
     with pytest.raises(UserError, match="repeats"):
         V.verify_plan(tiny[0], 1, SEQ, "fp32", Plan(), repeats=0, progress=False)
+
+
+def test_a_device_that_is_not_here_is_a_clear_error(tiny):
+    with pytest.raises(UserError, match="cpu or cuda, not 'mps'"):
+        V.verify_plan(tiny[0], 1, SEQ, "fp32", Plan(), device="mps", progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"torch.cuda.is_available\(\) is False"):
+            V.verify_plan(tiny[0], 1, SEQ, "fp32", Plan(), device="cuda", progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_plan_runs_on_the_gpu(tiny, tmp_path):
+    path, space = tiny
+    v = V.verify_plan(path, 4, SEQ, "fp32", epilogues(space), repeats=5, warmup=2,
+                      device="cuda", progress=False)
+    assert v.device.startswith("cuda") and v.ok and v.compiled.error is None
+    assert len(v.kernels) > 0 and all(k.max_abs_error <= v.tolerance for k in v.kernels)
+    for result in (v.eager, v.planned, v.compiled):
+        assert result.repeats == 5 and 0 < result.min_ms <= result.runtime_ms
+    assert V.record(v, root=tmp_path) == {"written": 3, "skipped": 0}
+    m = read_table("measurements", tmp_path)
+    assert set(m["source"]) == {"cuda"} and m["driver_version"].notna().all()
+    assert set(m["hardware"]) == {v.hardware} and v.hardware != "cpu"
+
+
+def test_inputs_that_are_not_tensors_are_folded_into_the_compile(monkeypatch):
+    graph = torch.fx.Graph()
+    x, _, k = graph.placeholder("x"), graph.placeholder("use_cache"), graph.placeholder("k")
+    graph.output((graph.call_function(torch.ops.aten.mul.Scalar, (x, k)),))
+    gm = torch.fx.GraphModule(torch.nn.Module(), graph)
+    seen = []
+
+    def inductor(module, example):  # some releases refuse a bool input: only tensors may reach it
+        seen.append([type(e) for e in example])
+        return module
+
+    monkeypatch.setattr(torch._inductor, "compile", inductor)
+    fn = V._compile(gm, [torch.ones(2), False, 3])
+    assert seen == [[torch.Tensor]]
+    assert torch.equal(fn(torch.ones(2), False, 3)[0], torch.full((2,), 3.0))
+    assert len([n for n in gm.graph.nodes if n.op == "placeholder"]) == 3  # the original is kept

@@ -1,0 +1,278 @@
+"""How close are the cost model's predictions on a GPU it never trained on?
+
+NeuSight's whole-model workloads (BERT-large, GPT-2-large and OPT-1.3B inference, fp32), and a few
+of the zoo's own, timed on the GPU here and compared with what the shipped GNN and the roofline
+predict for that GPU. The shipped checkpoint trained on release 0.1: A100, V100, T4, P4, P100 and
+this host's CPU, so an H100 or H200 is hardware it never saw.
+
+    python benchmarks/gpu_holdout.py measure --out DIR     # on the GPU: whole models into DIR
+    python benchmarks/gpu_holdout.py report [DATA] [--hardware h100-sxm]   # anywhere: the tables
+
+`measure` writes "model"-scope rows of source "cuda" into the dataset folder DIR (the way
+`costmodel measure` writes kernel rows), one per workload:
+- the model is built from its config with random weights (seeded) directly on the GPU;
+- the Hugging Face forward runs (sdpa attention, no KV cache) under `torch.no_grad()`, fp32 with
+  TF32 off;
+- `--warmup` calls, then the median of `--repeats` calls, each timed with CUDA events.
+
+The rows' config says `"forward": "module"`, apart from `autotune --measure`'s eager rows (the
+exported graph op by op); the key names the workload. A model this torch cannot capture is
+still timed: its row has no diagram and says why in `extra_json`.
+
+`report` reads the rows of one GPU back from DATA (default datasets/data) and prints two tables.
+- Whole models: each workload as `CostModel.predict_model` prices it on the GPU's profile.
+- Kernels: the kernel rows by kind (library, inductor, sdpa), scored for the GNN, the roofline,
+  and the GBDT baseline trained on release 0.1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from costmodel.dataset import ShardWriter, dumps, measurement_row, read_table
+
+# NeuSight's whole-model label workloads (model, batch, seq) under the zoo's names, and the zoo's
+# own smaller models.
+NEUSIGHT = (("bert-large", 8, 512), ("bert-large", 16, 512), ("gpt2-large", 4, 1024),
+            ("gpt2-large", 8, 1024), ("opt-1.3b", 2, 2048), ("opt-1.3b", 8, 2048))
+ZOO = (("bert-base", 8, 128), ("bert-base", 8, 512), ("gpt2", 8, 1024), ("scgpt", 8, 512))
+WORKLOADS = NEUSIGHT + ZOO
+
+
+def build(model: str, batch: int, seq: int, device: torch.device, seed: int = 0):
+    """(module, args, kwargs) on `device`, fp32, eval mode; weights initialised there."""
+    from autotune.verify import _hf_module
+    from costmodel.zoo import ScGPT, ScGPTConfig, model_config
+
+    config = model_config(model)
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with device:
+        if isinstance(config, ScGPTConfig):
+            module = ScGPT(config)
+            args = (torch.randint(0, config.n_genes, (batch, seq), generator=gen, device=device),
+                    torch.randn(batch, seq, generator=gen, device=device))
+            return module.eval(), args, {}
+        module, cfg = _hf_module(config)
+    args = (torch.randint(0, cfg.vocab_size, (batch, seq), generator=gen, device=device),)
+    return module.eval(), args, ({"use_cache": False} if hasattr(cfg, "use_cache") else {})
+
+
+def time_forward(module, args, kwargs, *, warmup: int, repeats: int, device: torch.device
+                 ) -> list[float]:
+    """Milliseconds of each of `repeats` forward calls after `warmup` (CUDA events on a GPU)."""
+    cuda = device.type == "cuda"
+    with torch.no_grad():
+        for _ in range(warmup):
+            module(*args, **kwargs)
+        out = []
+        for _ in range(repeats):
+            if cuda:
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                module(*args, **kwargs)
+                end.record()
+                end.synchronize()
+                out.append(begin.elapsed_time(end))
+            else:
+                start = time.perf_counter_ns()
+                module(*args, **kwargs)
+                out.append((time.perf_counter_ns() - start) / 1e6)
+    return out
+
+
+def measure(root: Path, workloads, *, device: str, warmup: int, repeats: int) -> int:
+    from costmodel.measure import (
+        CudaBackend,
+        HostBackend,
+        Result,
+        add_context_rows,
+        matmul_precision,
+    )
+    from costmodel.zoo import export_model
+
+    be = CudaBackend() if device == "cuda" else HostBackend()
+    dev = getattr(be, "device", torch.device("cpu"))
+    prov, env, key = be.provenance(), be.environment(), be.key()
+    failed = 0
+    print(f"{'workload':<26} {'median ms':>10} {'min':>9} {'max':>9}", flush=True)
+    for model, batch, seq in workloads:
+        workload = f"{model}-inf-{seq}-{batch}"
+        try:  # the diagram the row refers to; a capture this torch cannot make leaves it out
+            _, diagram = export_model(model, batch, seq, "fp32")
+            capture_error = None
+        except Exception as e:  # noqa: BLE001
+            diagram, capture_error = None, f"{type(e).__name__}: {str(e)[:300]}"
+        try:
+            module, args, kwargs = build(model, batch, seq, dev)
+            with matmul_precision("highest"):
+                samples = time_forward(module, args, kwargs, warmup=warmup, repeats=repeats,
+                                       device=dev)
+            result = Result.of(samples)
+        except Exception as e:  # noqa: BLE001 - an out-of-memory workload is recorded, not fatal
+            result, failed = Result.failure(f"{type(e).__name__}: {str(e)[:300]}"), failed + 1
+        finally:
+            module = args = None
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+        clocks = be.clocks() if isinstance(be, CudaBackend) else None
+        with ShardWriter(root, source=be.source) as writer:
+            if diagram is not None:
+                add_context_rows(writer, be, diagram, root)
+            elif be.hardware not in set(read_table("hardware", root, columns=["hardware"])["hardware"]):
+                writer.add("hardware", be.hardware_row())
+            writer.add("measurements", measurement_row(
+                prov, hardware=be.hardware, runtime_ms=result.runtime_ms, scope="model",
+                diagram_hash=diagram.hash if diagram else None,
+                kernel_config={"plan": "eager", "compiler": "eager", "forward": "module"},
+                kernel_name="eager:model", error=result.error, key={**key, "workload": workload},
+                runtime_iqr_ms=result.iqr_ms, runtime_min_ms=result.min_ms,
+                runtime_max_ms=result.max_ms, repeats=result.repeats,
+                framework=env.get("framework"), framework_version=env.get("framework_version"),
+                driver_version=env.get("driver_version"), cuda_version=env.get("cuda_version"),
+                clocks_json=dumps(clocks) if clocks is not None else env.get("clocks_json"),
+                threads=env.get("threads"),
+                extra_json=dumps({"model": model, "batch": batch, "seq": seq, "dtype": "fp32",
+                                  "workload": workload, "plan": "eager", "warmup": warmup,
+                                  "forward": "huggingface" if model != "scgpt" else "zoo",
+                                  "attention": "sdpa", "tf32": False,
+                                  **({"capture_error": capture_error} if capture_error else {})})))
+        if result.error:
+            print(f"{workload:<26} failed: {result.error}", flush=True)
+        else:
+            print(f"{workload:<26} {result.runtime_ms:>10.2f} {result.min_ms:>9.2f} "
+                  f"{result.max_ms:>9.2f}", flush=True)
+    return failed
+
+
+def _pct(errors: list[float]) -> str:
+    return f"{100 * statistics.fmean(errors):.1f}%" if errors else "n/a"
+
+
+def whole_models(root: Path, hardware: str, cost_models: dict) -> str:
+    """Each workload's measured median next to each cost model's prediction for `hardware`."""
+    m = read_table("measurements", root)
+    m = m[(m["scope"] == "model") & (m["hardware"] == hardware) & m["runtime_ms"].notna()]
+    configs = m["kernel_config_json"].map(json.loads)
+    m = m[configs.map(lambda c: c.get("forward") == "module")]  # this benchmark's rows only
+    head = ["workload", "measured ms"] + [f"{n} ms (error)" for n in cost_models]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    errors: dict[str, dict[str, list[float]]] = {n: {"neusight": [], "zoo": []} for n in cost_models}
+    for r in m.sort_values("runtime_ms").itertuples():
+        e = json.loads(r.extra_json)
+        group = "neusight" if (e["model"], e["batch"], e["seq"]) in NEUSIGHT else "zoo"
+        cells = [e["workload"] + (" (NeuSight)" if group == "neusight" else ""), f"{r.runtime_ms:.2f}"]
+        for name, cm in cost_models.items():
+            p = cm.predict_model(e["model"], e["batch"], e["seq"], hardware, e["dtype"]).total_ms
+            err = (p - r.runtime_ms) / r.runtime_ms
+            errors[name][group].append(abs(err))
+            cells.append(f"{p:.2f} ({100 * err:+.1f}%)")
+        lines.append("| " + " | ".join(cells) + " |")
+    for group, label in (("neusight", "MAPE, NeuSight's workloads"), ("zoo", "MAPE, the zoo's")):
+        lines.append(f"| {label} | | " + " | ".join(_pct(errors[n][group]) for n in cost_models) + " |")
+    return "\n".join(lines)
+
+
+def _kind(config: dict, sub) -> str:
+    compute = [v for v in sub.vertices if not v.is_free]
+    if config.get("compiler") == "triton":
+        return "matmul, Triton tiles"
+    if config.get("fused"):
+        return "fused group, inductor"
+    if config.get("compiler") == "inductor":
+        return f"{compute[0].kind}, inductor"
+    if "sdpa_backend" in config:
+        return "attention, sdpa " + config["sdpa_backend"] + (" implicit mask" if config.get("mask") else "")
+    return f"{compute[0].kind}, library"
+
+
+def kernels(root: Path, hardware: str, cost_models: dict, release: Path, cache: Path) -> str:
+    """Kernel-level error on `hardware`'s kernel rows, by kind of kernel: the cost models, and
+    the GBDT baseline trained on `release` (TVM's approach; trained here, about a minute)."""
+    from costmodel.diagram import Subdiagram
+    from costmodel.evaluate import GBDT
+    from costmodel.features import to_data
+    from costmodel.hardware import load_profile
+    from costmodel.loader import back_to_back, kernel_config
+    from costmodel.train import training_graphs
+
+    m = read_table("measurements", root)
+    m = m[(m["scope"] == "kernel") & (m["hardware"] == hardware) & m["runtime_ms"].notna()]
+    subs = read_table("subdiagrams", root, columns=["subdiagram_hash", "subdiagram_json"])
+    records = dict(zip(subs["subdiagram_hash"], subs["subdiagram_json"]))
+    hw = load_profile(hardware)
+    rows = []
+    for r in m.itertuples():
+        sub = Subdiagram.from_record(json.loads(records[r.subdiagram_hash]))
+        if back_to_back(r.kernel_config_json, sub):  # several kernels back to back, not one
+            continue
+        rows.append((sub, kernel_config(r.kernel_config_json), json.loads(r.kernel_config_json),
+                     r.runtime_ms))
+    measured = [ms for *_, ms in rows]
+    predicted = {name: cm.predict([s for s, *_ in rows], hw, [c for _, c, *_ in rows])
+                 for name, cm in cost_models.items()}
+    graphs = [to_data(s, hw, c) for s, c, *_ in rows]
+    gbdt = GBDT(seed=0).fit(training_graphs(release, cache, progress=False))
+    predicted["gbdt"] = [math.exp(x) for x in gbdt.predict_ln(graphs)]
+    names = [*cost_models, "gbdt"]
+    kinds = sorted({_kind(cfg, s) for s, _, cfg, _ in rows})
+    lines = ["| kernels | n | " + " | ".join(f"{n} MAPE" for n in names) + " |",
+             "|---|---:|" + "---:|" * len(names)]
+    for kind in [*kinds, "all"]:
+        idx = [i for i, (s, _, cfg, _) in enumerate(rows) if kind == "all" or _kind(cfg, s) == kind]
+        cells = [_pct([abs(predicted[n][i] - measured[i]) / measured[i] for i in idx]) for n in names]
+        lines.append(f"| {kind} | {len(idx)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(root: Path, hardware: str, cost_models: list[str], release: Path, cache: Path) -> str:
+    from costmodel.cost import load_cost_model
+
+    models = {name: load_cost_model(name) for name in cost_models}
+    return (f"Whole models on {hardware} (eager, fp32; prediction error in brackets)\n\n"
+            + whole_models(root, hardware, models)
+            + f"\n\nKernels on {hardware} (`costmodel collect --target cuda`)\n\n"
+            + kernels(root, hardware, models, release, cache))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("measure", help="time the workloads on this machine's GPU into --out")
+    p.add_argument("--out", required=True, help="dataset folder for the rows")
+    p.add_argument("--device", default="cuda", help="cuda (default), or cpu for a dry run")
+    p.add_argument("--workloads", default=None,
+                   help="MODEL:BATCH:SEQ,... (default: NeuSight's and the zoo's, see WORKLOADS)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
+    p = sub.add_parser("report", help="predicted vs measured for the rows in DATA")
+    p.add_argument("data", nargs="?", default="datasets/data", help="dataset folder (default datasets/data)")
+    p.add_argument("--hardware", default="h100-sxm", help="the GPU's rows to score (default h100-sxm)")
+    p.add_argument("--cost-models", default="gnn,roofline")
+    p.add_argument("--release", default="datasets/releases/0.1", help="what the GBDT baseline trains on")
+    p.add_argument("--cache", default="datasets/cache", help="kernel graph cache (default datasets/cache)")
+    args = parser.parse_args(argv)
+    if args.command == "measure":
+        workloads = WORKLOADS if not args.workloads else [
+            (w.split(":")[0], int(w.split(":")[1]), int(w.split(":")[2]))
+            for w in args.workloads.split(",")]
+        return 1 if measure(Path(args.out), workloads, device=args.device, warmup=args.warmup,
+                            repeats=args.repeats) else 0
+    print(report(Path(args.data), args.hardware, args.cost_models.split(","), Path(args.release),
+                 Path(args.cache)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
