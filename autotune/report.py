@@ -55,6 +55,7 @@ th{text-align:left;color:#555;font-weight:normal;border-bottom:2px solid #ddd;pa
 td{border-bottom:1px solid #eee;padding:4px 8px;vertical-align:top}
 td.n{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 td.name{font-family:"DejaVu Sans Mono",monospace;font-size:12px;word-break:break-all}
+td.wrap{overflow-wrap:anywhere}
 .bar{display:inline-block;height:9px;background:#fd8d3c;border-radius:2px;margin-right:6px;
  vertical-align:middle}
 .bar.save{background:#1a7f37}
@@ -726,7 +727,7 @@ def _kernel_table(result: SearchResult, groups: dict[str, list[str]], n: int = 1
                     f"<td>{_e(kinds)}</td><td>{_e(where)}</td><td class=\"n\">{len(ks)}</td>"
                     f'<td class="n">{_ms(k.ms)}</td><td class="n">{bar}{_ms(ms)}</td>'
                     f'<td class="n">{ms / total * 100:.1f}%</td><td class="n">{_ms(eager)}</td>'
-                    f"<td>{_e('; '.join(what) or 'as eager')}</td></tr>")
+                    f"<td class=\"wrap\">{_e('; '.join(what) or 'as eager')}</td></tr>")
     return ("<table><thead><tr><th>kernel (first of its kind)</th><th>ops</th><th>where</th>"
             "<th>count</th><th>ms each</th><th>ms, all</th><th>of plan</th><th>eager ms, all</th>"
             "<th>what changed</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
