@@ -239,7 +239,8 @@ def kernels(root: Path, hardware: str, cost_models: dict, release: Path, cache: 
 def report(root: Path, hardware: str, cost_models: list[str], release: Path, cache: Path) -> str:
     from costmodel.cost import load_cost_model
 
-    models = {name: load_cost_model(name) for name in cost_models}
+    models = {Path(name).stem if name.endswith(".pt") else name: load_cost_model(name)
+              for name in cost_models}
     return (f"Whole models on {hardware} (eager, fp32; prediction error in brackets)\n\n"
             + whole_models(root, hardware, models)
             + f"\n\nKernels on {hardware} (`costmodel collect --target cuda`)\n\n"

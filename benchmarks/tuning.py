@@ -27,10 +27,11 @@ from pathlib import Path
 METHODS = (("random", "random", "none"), ("tpe", "tpe", "none"), ("tpe+heuristic", "tpe", "heuristic"))
 
 
-def cold_autotune(model: str, target: str, trials: int, measure: bool) -> tuple[float, dict]:
+def cold_autotune(model: str, target: str, trials: int, measure: bool, cost_model: str
+                  ) -> tuple[float, dict]:
     with tempfile.TemporaryDirectory() as out:
         argv = ["--target", target, "--model", model, "--trials", str(trials), "--quiet",
-                "--out", out, *(["--measure"] if measure else [])]
+                "--out", out, "--cost-model", cost_model, *(["--measure"] if measure else [])]
         cmd = [sys.executable, "-c",
                "import sys; from autotune.cli import main; sys.exit(main(sys.argv[1:]))", *argv]
         start = time.perf_counter()
@@ -52,8 +53,8 @@ def trials_to_within(history: list[float], best: float, tolerance: float = 0.01)
     return None
 
 
-def efficiency(model: str, target: str, trials: int,
-               llm: str | None) -> dict[str, tuple[int | None, float]]:
+def efficiency(model: str, target: str, trials: int, llm: str | None,
+               cost_model_spec: str) -> dict[str, tuple[int | None, float]]:
     """Per method: (trials to within 1% of the best plan any method found, its own best
     predicted speedup over eager)."""
     from autotune.priors import load_prior
@@ -64,7 +65,7 @@ def efficiency(model: str, target: str, trials: int,
     from costmodel.zoo import capture_model
 
     space = Space(capture_model(model, 1, 128, "fp32"), load_profile(target))
-    cost_model = load_cost_model("gnn")
+    cost_model = load_cost_model(cost_model_spec)
     methods = [*METHODS, *([(f"tpe+llm:{llm}", "tpe", f"llm:{llm}")] if llm else [])]
     histories = {}
     for name, sampler, prior_spec in methods:
@@ -85,10 +86,12 @@ def main() -> None:
     parser.add_argument("--targets", default="a100,h100,cpu")
     parser.add_argument("--llm", default="smollm2", help="llm prior provider ('' to skip)")
     parser.add_argument("--no-measure", action="store_true", help="skip --measure on cpu")
+    parser.add_argument("--cost-model", default="gnn",
+                        help="gnn (the shipped checkpoint, default), roofline, or a checkpoint file")
     args = parser.parse_args()
     methods = [m[0] for m in METHODS] + ([f"tpe+llm:{args.llm}"] if args.llm else [])
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-          f"batch 1, seq 128, fp32, {args.trials} trials, gnn cost model, one run per cell")
+          f"batch 1, seq 128, fp32, {args.trials} trials, cost model {args.cost_model}, one run per cell")
     width = {m: max(len(m), 11) for m in methods}
     head = f"{'model':<10} {'target':<6} {'wall s':>7} {'pred x':>7} " + \
         " ".join(f"{m:>{width[m]}}" for m in methods) + f" {'meas x eager':>12} {'x compile':>9}"
@@ -98,8 +101,8 @@ def main() -> None:
     for model in args.models.split(","):
         for target in args.targets.split(","):
             measure = target == "cpu" and not args.no_measure
-            seconds, doc = cold_autotune(model, target, args.trials, measure)
-            eff = efficiency(model, target, args.trials, args.llm or None)
+            seconds, doc = cold_autotune(model, target, args.trials, measure, args.cost_model)
+            eff = efficiency(model, target, args.trials, args.llm or None, args.cost_model)
             cells = " ".join(f"{f'{eff[m][0] or chr(45)} ({eff[m][1]:.3f}x)':>{width[m]}}"
                              for m in methods)
             meas = doc.get("measured")

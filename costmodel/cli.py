@@ -44,6 +44,13 @@ def add_workload_args(p: argparse.ArgumentParser, *, model_default: str | None =
                    help="compute dtype (default fp32; tf32 runs fp32 matmuls on tensor cores)")
 
 
+def add_guards_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--guards", default="on", choices=("on", "off", "clamp", "bound"),
+                   help="the GNN's guards against extrapolation: hardware descriptors clamped to "
+                        "the training range and the correction bounded (default on; off: as "
+                        "before them; clamp or bound: one alone)")
+
+
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
     """Run a command, turning user errors into one line on stderr and exit status 2."""
     try:
@@ -83,6 +90,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs per ensemble member")
     p.add_argument("--members", type=positive_int, default=None, help="ensemble size")
     p.add_argument("--out", default=None, help="checkpoint folder (default costmodel/checkpoints)")
+    add_guards_arg(p)
     p.add_argument("--make-default", action="store_true",
                    help="make this checkpoint the one `--cost-model gnn` loads")
 
@@ -97,6 +105,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--gpus", default=None, help="comma-separated GPUs to hold out (default: all)")
     p.add_argument("--hardware", default=None, choices=("all", "physical"),
                    help="hardware descriptors the GNN sees (default: GNNConfig's)")
+    add_guards_arg(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("serve", help="serve predictions as JSON over HTTP")
@@ -250,6 +259,10 @@ def _learn(args) -> int:
     data = Path(args.data) if args.data else _newest_release(RELEASES_DIR)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("members", args.members),
                                    ("hardware", getattr(args, "hardware", None))) if v}
+    if args.guards in ("off", "bound"):  # off: as the GNN was before the guards (older reports)
+        overrides["clamp_hardware"] = False
+    if args.guards in ("off", "clamp"):
+        overrides["correction"] = None
     cfg = dataclasses.replace(GNNConfig(seed=args.seed), **overrides)
     graphs = training_graphs(data, DATASETS_DIR / "cache")
     if args.command == "train":

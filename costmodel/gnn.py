@@ -6,9 +6,18 @@ vertices and boundary tensors), the hardware descriptors, the kernel config and 
 terms, and learns how far below peak real kernels run. Predicting the ratio to the roofline
 rather than the raw time keeps predictions on unseen hardware anchored to that hardware's
 physics. An ensemble of independently seeded members gives each prediction a spread.
+
+Two guards keep it from extrapolating wildly on hardware unlike its training GPUs
+(reports/leave-one-gpu-out.md measured both):
+- the hardware descriptors are clamped to the training range, so the network sees the nearest
+  hardware it knows, while the roofline terms still carry the target's own peaks and bandwidth;
+- the correction is bounded (`GNNConfig.correction`, ln ratio -2.5 to 4.0). Every kernel in
+  release 0.1 runs between 0.11x and 49x its roofline time (ln ratio -2.18 to 3.90; the GPUs'
+  middle 98% between 0.01 and 2.44). No prediction leaves that band.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -70,7 +79,15 @@ class GNNConfig:
     # units, caches, clock, power): flags that only one GPU has let the head tell GPUs apart
     # instead of learning physics (DESIGN: prefer physically meaningful quantities).
     hardware: str = "all"
+    # Standardised descriptors clamped to the training range (Normaliser.lo/hi).
+    clamp_hardware: bool = True
+    # Bounds of ln(measured / roofline) the head's output is squashed into (a sigmoid), or None.
+    correction: tuple[float, float] | None = (-2.5, 4.0)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.correction is not None:  # JSON gives a list back
+            object.__setattr__(self, "correction", tuple(float(x) for x in self.correction))
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -93,6 +110,7 @@ class KernelGNN(nn.Module):
         context = hw_dim + features.CONFIG_DIM + features.ROOFLINE_DIM
         self.head = nn.Sequential(nn.Linear(3 * h + context, 2 * h), nn.ReLU(),
                                   nn.Linear(2 * h, h), nn.ReLU(), nn.Linear(h, 1))
+        self.correction = cfg.correction
 
     @staticmethod
     def _conv(kind: str, h: int) -> nn.Module:
@@ -114,7 +132,11 @@ class KernelGNN(nn.Module):
         g = torch.cat([global_add_pool(x, data.batch) / 8.0, global_mean_pool(x, data.batch),
                        global_max_pool(x, data.batch)], dim=1)  # (G, 3h)
         z = torch.cat([g, hw, data.config, data.roofline], dim=1)
-        return roofline_ln_ms(data) + self.head(z).squeeze(-1)
+        c = self.head(z).squeeze(-1)
+        if self.correction is not None:
+            lo, hi = self.correction
+            c = lo + (hi - lo) * torch.sigmoid(c)
+        return roofline_ln_ms(data) + c
 
 
 PHYSICAL = ("is_cpu", "log10_peak_flops_fp32", "log10_vector_flops", "log10_memory_bytes",
@@ -135,22 +157,32 @@ def hardware_columns(kind: str) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class Normaliser:
     """Selects the hardware descriptors a model sees and standardises them with the training
-    set's statistics."""
+    set's statistics; with `lo`/`hi` (the standardised training range), clamps them to it."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     columns: tuple[int, ...] = ()  # () = every descriptor
+    lo: tuple[float, ...] = ()  # () = no clamping (checkpoints made before it)
+    hi: tuple[float, ...] = ()
 
     @classmethod
-    def fit(cls, hw: torch.Tensor, columns: tuple[int, ...] = ()) -> Normaliser:
+    def fit(cls, hw: torch.Tensor, columns: tuple[int, ...] = (), *, clamp: bool = False) -> Normaliser:
         hw = hw[:, list(columns)] if columns else hw
         std = hw.std(dim=0)
-        return cls(tuple(hw.mean(dim=0).tolist()), tuple(torch.where(std > 1e-6, std, 1.0).tolist()),
-                   tuple(columns))
+        out = cls(tuple(hw.mean(dim=0).tolist()), tuple(torch.where(std > 1e-6, std, 1.0).tolist()),
+                  tuple(columns))
+        if not clamp:
+            return out
+        z = (hw - torch.tensor(out.mean)) / torch.tensor(out.std)
+        return dataclasses.replace(out, lo=tuple(z.min(dim=0).values.tolist()),
+                                   hi=tuple(z.max(dim=0).values.tolist()))
 
     def __call__(self, hw: torch.Tensor) -> torch.Tensor:
         hw = hw[:, list(self.columns)] if self.columns else hw
-        return (hw - torch.tensor(self.mean)) / torch.tensor(self.std)
+        z = (hw - torch.tensor(self.mean)) / torch.tensor(self.std)
+        if self.lo:
+            z = torch.clamp(z, torch.tensor(self.lo), torch.tensor(self.hi))
+        return z
 
 
 class GNNCostModel(CostModel):
@@ -203,7 +235,9 @@ class GNNCostModel(CostModel):
         outside = self.extrapolation(hw)
         warnings = (f"{hw.name} lies outside the hardware this model was trained on "
                     f"({', '.join(self.trained_on.get('hardware', []))}) in: {', '.join(outside)}; "
-                    "the prediction extrapolates",) if outside else ()
+                    "the prediction extrapolates" + (
+                        " (the network sees the nearest descriptors it was trained on, the roofline "
+                        "terms the target's own)" if self.normaliser.lo else ""),) if outside else ()
         return PlanCost(hw.name, self.name, tuple(
             KernelCost(k.subdiagram, k.config, float(t), float(s))
             for k, t, s in zip(kernels, ms, std)), total - float(ms.sum()), warnings)
@@ -247,7 +281,8 @@ class GNNCostModel(CostModel):
         if doc.get("features_version") != features_version():
             raise ValueError(f"{path} was trained on features {doc.get('features_version')}, "
                              f"these are {features_version()}: retrain it")
-        cfg = GNNConfig(**doc["config"])
+        # Checkpoints from before the guards have no such keys: they ran unguarded.
+        cfg = GNNConfig(**{"clamp_hardware": False, "correction": None, **doc["config"]})
         members = []
         for state in doc["members"]:
             m = KernelGNN(cfg, doc["hw_dim"])

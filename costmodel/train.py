@@ -53,7 +53,8 @@ def train(graphs: Sequence[Data], cfg: GNNConfig = GNNConfig(), *, progress: boo
     if not graphs:
         raise ValueError("no training examples")
     torch.manual_seed(cfg.seed)
-    normaliser = Normaliser.fit(torch.cat([g.hw for g in graphs]), hardware_columns(cfg.hardware))
+    normaliser = Normaliser.fit(torch.cat([g.hw for g in graphs]), hardware_columns(cfg.hardware),
+                                clamp=cfg.clamp_hardware)
     hw_dim = len(normaliser.mean)
     group_ids: dict[tuple[str, str], int] = {}
     gid = torch.tensor([group_ids.setdefault((g.kernel_hash, g.hardware), len(group_ids))

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch_geometric.data import Batch
 
 from costmodel.features import to_data
 from costmodel.gnn import GNNConfig, GNNCostModel, Normaliser
@@ -114,6 +115,44 @@ def test_normaliser_standardises():
     out = n(hw)
     assert torch.allclose(out[:, 0], torch.tensor([-1 / math.sqrt(2), 1 / math.sqrt(2)]))
     assert torch.equal(out[:, 1], torch.zeros(2))  # constant columns are left centred, not blown up
+
+
+def test_normaliser_clamps_to_the_training_range():
+    hw = torch.tensor([[1.0, 5.0], [3.0, 7.0]])
+    n = Normaliser.fit(hw, clamp=True)
+    far = n(torch.tensor([[100.0, -100.0]]))
+    assert torch.allclose(far, n(torch.tensor([[3.0, 5.0]])))  # the nearest hardware it saw
+    assert torch.equal(Normaliser.fit(hw)(torch.tensor([[100.0, 5.0]])) > 10, torch.tensor([[True, False]]))
+
+
+def test_the_correction_stays_in_its_band(trained, capture):
+    from costmodel.gnn import roofline_ln_ms
+
+    lo, hi = trained.config.correction
+    graphs = examples(capture, targets=("a100", "h200", "cpu"))
+    with torch.no_grad():
+        for m in trained.members:  # even with its head blown up, no prediction leaves the band
+            m.head[-1].weight.mul_(1e4)
+        try:
+            batch = Batch.from_data_list(graphs)
+            c = trained.members[0](batch, trained.normaliser(batch.hw)) - roofline_ln_ms(batch)
+        finally:
+            for m in trained.members:
+                m.head[-1].weight.div_(1e4)
+    assert float(c.min()) >= lo - 1e-5 and float(c.max()) <= hi + 1e-5
+
+
+def test_a_checkpoint_from_before_the_guards_loads_unguarded(trained, tmp_path):
+    trained.save(tmp_path / "m.pt")
+    doc = torch.load(tmp_path / "m.pt", weights_only=True)
+    for key in ("clamp_hardware", "correction"):
+        del doc["config"][key]
+    for key in ("lo", "hi"):
+        del doc["normaliser"][key]
+    torch.save(doc, tmp_path / "old.pt")
+    old = GNNCostModel.load(tmp_path / "old.pt")
+    assert old.config.correction is None and old.members[0].correction is None
+    assert old.normaliser.lo == () and trained.normaliser.lo != ()
 
 
 def test_plan_prices_carry_spread_overhead_and_extrapolation(trained, capture):
