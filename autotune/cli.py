@@ -264,7 +264,7 @@ def _measured_table(m: dict) -> str:
              f"  measured speedup {b['measured_ms'] / p['measured_ms']:.3f}x over eager"
              + (f", {c / p['measured_ms']:.3f}x over whole-model torch.compile" if c else "")
              + f" (median of {m['repeats']}, "
-             + (f"{m['threads']} threads)" if m.get("device", "cpu") == "cpu" else f"{m['hardware']})")]
+             + (f"{m['threads']} threads)" if m["device"] == "cpu" else f"{m['hardware']})")]
     return "\n".join(lines)
 
 if __name__ == "__main__":

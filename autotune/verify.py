@@ -64,6 +64,7 @@ from costmodel.measure import (
     HostBackend,
     Result,
     add_context_rows,
+    backend,
     matmul_precision,
     on_device,
 )
@@ -151,17 +152,22 @@ def plan_hash(plan: Plan) -> str:
 # The real model
 
 
-def build_model(model: str, batch: int, seq: int, dtype: str, *, seed: int = 0
-                ) -> tuple[nn.Module, tuple, dict]:
-    """The module `zoo.export_model(model, ...)` captures, built on the CPU with seeded random
+def build_model(model: str, batch: int, seq: int, dtype: str, *, seed: int = 0,
+                device: torch.device | str = "cpu") -> tuple[nn.Module, tuple, dict]:
+    """The module `zoo.export_model(model, ...)` captures, built on `device` with seeded random
     weights (the model's own initialisation) in eval mode, and example inputs for it (token ids
-    drawn below the vocabulary size): (module, args, kwargs), all on the CPU."""
+    drawn below the vocabulary size): (module, args, kwargs). The weights are initialised on
+    the device itself (a GPU's random stream differs from the CPU's), and the global RNG is left
+    as it was."""
     from costmodel.zoo import ScGPT, ScGPTConfig, model_config
 
     config = model_config(model)
-    gen = torch.Generator().manual_seed(seed)
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
     torch_dtype = TORCH_DTYPES[dtype]
-    with torch.random.fork_rng(devices=[]):  # the init draws from the global RNG: leave it as it was
+    forked = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked), device:
         torch.manual_seed(seed)
         if isinstance(config, ScGPTConfig):
             module = ScGPT(config)
@@ -256,8 +262,8 @@ def _partition(gm: torch.fx.GraphModule, groups: Sequence[tuple[tuple[str, ...],
                device: torch.device) -> tuple[torch.fx.Graph, list[_Group]]:
     """`gm`'s graph with group i (vertex names, label) replaced by a call to a submodule
     `group_<i>` (the groups are returned in the order given); every other node is copied, its
-    devices (meta, from the capture) set to `device`. Units (a group, or one other node) are ordered topologically, each
-    as early as the original order allows."""
+    devices (meta, from the capture) set to `device`. Units (a group, or one other node) are
+    ordered topologically, each as early as the original order allows."""
     order = {n: k for k, n in enumerate(gm.graph.nodes)}
     by_name = {n.name: n for n in gm.graph.nodes}
     unit: dict[torch.fx.Node, tuple] = {}
@@ -409,7 +415,7 @@ def verify_plan(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, rep
     """
     if repeats < 1 or warmup < 0:
         raise UserError(f"repeats must be at least 1 and warmup at least 0; got {repeats}, {warmup}")
-    backend = _backend(device)
+    be = _backend(device)
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -417,7 +423,7 @@ def verify_plan(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, rep
     try:
         with torch.no_grad(), matmul_precision(precision):
             return _verify(model, batch, seq, dtype, plan, repeats=repeats, warmup=warmup,
-                           seed=seed, backend=backend, progress=progress)
+                           seed=seed, be=be, progress=progress)
     finally:
         torch.set_num_threads(before)
 
@@ -425,19 +431,17 @@ def verify_plan(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, rep
 def _backend(device: str) -> HostBackend | CudaBackend:
     """The measuring backend of `device`, for the hardware name and the rows' provenance."""
     kind = torch.device(device).type
-    if kind == "cpu":
-        return HostBackend()
-    if kind == "cuda":
-        return CudaBackend()  # says plainly when there is no GPU
-    raise UserError(f"verify runs on cpu or cuda, not {device!r}")
+    if kind not in ("cpu", "cuda"):
+        raise UserError(f"verify runs on cpu or cuda, not {device!r}")
+    return backend(kind)  # cuda says plainly when there is no GPU
 
 
-def _device(backend: Backend) -> torch.device:
-    return getattr(backend, "device", torch.device("cpu"))
+def _device(be: Backend) -> torch.device:
+    return getattr(be, "device", torch.device("cpu"))
 
 
 def _verify(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats: int,
-            warmup: int, seed: int, backend: Backend, progress: bool) -> Verification:
+            warmup: int, seed: int, be: Backend, progress: bool) -> Verification:
     from costmodel.zoo import export_model
 
     say = _say if progress else lambda *_: None
@@ -448,11 +452,9 @@ def _verify(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats
     except ValueError as e:
         raise PlanError(f"the plan does not fit {diagram.name}: {e}") from None
     ignored = sum(isinstance(d, Tile) for d in plan.decisions)
-    device = _device(backend)
+    device = _device(be)
     say(f"verify: building {diagram.name} on {device} with random weights (seed {seed})")
-    module, args, kwargs = build_model(model, batch, seq, dtype, seed=seed)
-    module = module.to(device)
-    args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+    module, args, kwargs = build_model(model, batch, seq, dtype, seed=seed, device=device)
     inputs = _flat_inputs(exported, module, args, kwargs)
     reference = [t for t in pytree.tree_leaves(module(*args, **kwargs)) if isinstance(t, torch.Tensor)]
     gm = exported.graph_module
@@ -500,7 +502,7 @@ def _verify(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats
     fns = {"eager": eager, "plan": planned}
     if whole_error is None:
         fns["compiled"] = whole
-    where = f"on {torch.get_num_threads()} threads" if device.type == "cpu" else f"on {backend.hardware}"
+    where = f"on {torch.get_num_threads()} threads" if device.type == "cpu" else f"on {be.hardware}"
     say(f"verify: timing {', '.join(fns)}: {warmup} warm-up and {repeats} timed calls each {where}")
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     samples = _time(fns, inputs, repeats=repeats, warmup=warmup, sync=sync)
@@ -510,8 +512,8 @@ def _verify(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats
                   for i, (g, k) in enumerate(zip(built, kernels)))
     return Verification(
         model=diagram.name, batch=batch, seq=seq, dtype=dtype, plan=plan, plan_hash=plan_hash(plan),
-        hardware=backend.hardware, device=str(device), threads=torch.get_num_threads(), repeats=repeats,
-        warmup=warmup, eager=Result.of(samples["eager"]), planned=Result.of(samples["plan"]),
+        hardware=be.hardware, device=str(device), threads=torch.get_num_threads(),
+        repeats=repeats, warmup=warmup, eager=Result.of(samples["eager"]), planned=Result.of(samples["plan"]),
         compiled=compiled, plan_compile_s=round(plan_compile_s, 3),
         compiled_compile_s=None if whole_s is None else round(whole_s, 3),
         max_abs_error=plan_err, compiled_max_abs_error=whole_err, tolerance=plan_allowed,
@@ -557,8 +559,8 @@ def _say(message: str) -> None:
 def record(verification: Verification, *, root: str | Path = DATA_DIR) -> dict[str, int]:
     """Append the whole-model timings (eager, plan, whole-model compile) to the dataset at
     `root` as "model"-scope rows of source "host" or "cuda" (where it ran), with the diagram and
-    hardware rows they refer to, the way `costmodel measure` writes its rows. Rows already there (same model, plan,
-    machine and software) are skipped. Returns {"written", "skipped"}.
+    hardware rows they refer to, the way `costmodel measure` writes its rows. Rows already there
+    (same model, plan, machine and software) are skipped. Returns {"written", "skipped"}.
 
     Like NeuSight's whole-model rows: `diagram_hash` names the graph, `extra_json` holds the
     workload, and runs whose kernels are not the graph's eager ops carry "fusion": true (the

@@ -10,7 +10,8 @@ this host's CPU, so an H100 or H200 is hardware it never saw.
 
 `measure` writes "model"-scope rows of source "cuda" into the dataset folder DIR (the way
 `costmodel measure` writes kernel rows), one per workload:
-- the model is built from its config with random weights (seeded) directly on the GPU;
+- the model is built from its config with random weights (seeded) directly on the GPU
+  (`autotune.verify.build_model`);
 - the Hugging Face forward runs (sdpa attention, no KV cache) under `torch.no_grad()`, fp32 with
   TF32 off;
 - `--warmup` calls, then the median of `--repeats` calls, each timed with CUDA events.
@@ -50,25 +51,6 @@ ZOO = (("bert-base", 8, 128), ("bert-base", 8, 512), ("gpt2", 8, 1024), ("scgpt"
 WORKLOADS = NEUSIGHT + ZOO
 
 
-def build(model: str, batch: int, seq: int, device: torch.device, seed: int = 0):
-    """(module, args, kwargs) on `device`, fp32, eval mode; weights initialised there."""
-    from autotune.verify import _hf_module
-    from costmodel.zoo import ScGPT, ScGPTConfig, model_config
-
-    config = model_config(model)
-    torch.manual_seed(seed)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with device:
-        if isinstance(config, ScGPTConfig):
-            module = ScGPT(config)
-            args = (torch.randint(0, config.n_genes, (batch, seq), generator=gen, device=device),
-                    torch.randn(batch, seq, generator=gen, device=device))
-            return module.eval(), args, {}
-        module, cfg = _hf_module(config)
-    args = (torch.randint(0, cfg.vocab_size, (batch, seq), generator=gen, device=device),)
-    return module.eval(), args, ({"use_cache": False} if hasattr(cfg, "use_cache") else {})
-
-
 def time_forward(module, args, kwargs, *, warmup: int, repeats: int, device: torch.device
                  ) -> list[float]:
     """Milliseconds of each of `repeats` forward calls after `warmup` (CUDA events on a GPU)."""
@@ -93,16 +75,17 @@ def time_forward(module, args, kwargs, *, warmup: int, repeats: int, device: tor
 
 
 def measure(root: Path, workloads, *, device: str, warmup: int, repeats: int) -> int:
+    from autotune.verify import build_model
     from costmodel.measure import (
         CudaBackend,
-        HostBackend,
         Result,
         add_context_rows,
+        backend,
         matmul_precision,
     )
     from costmodel.zoo import export_model
 
-    be = CudaBackend() if device == "cuda" else HostBackend()
+    be = backend(device)
     dev = getattr(be, "device", torch.device("cpu"))
     prov, env, key = be.provenance(), be.environment(), be.key()
     failed = 0
@@ -115,7 +98,7 @@ def measure(root: Path, workloads, *, device: str, warmup: int, repeats: int) ->
         except Exception as e:  # noqa: BLE001
             diagram, capture_error = None, f"{type(e).__name__}: {str(e)[:300]}"
         try:
-            module, args, kwargs = build(model, batch, seq, dev)
+            module, args, kwargs = build_model(model, batch, seq, "fp32", device=dev)
             with matmul_precision("highest"):
                 samples = time_forward(module, args, kwargs, warmup=warmup, repeats=repeats,
                                        device=dev)

@@ -11,9 +11,10 @@ Two guards keep it from extrapolating wildly on hardware unlike its training GPU
 (reports/leave-one-gpu-out.md measured both):
 - the hardware descriptors are clamped to the training range, so the network sees the nearest
   hardware it knows, while the roofline terms still carry the target's own peaks and bandwidth;
-- the correction is bounded (`GNNConfig.correction`, ln ratio -2.5 to 4.0). Every kernel in
-  release 0.1 runs between 0.11x and 49x its roofline time (ln ratio -2.18 to 3.90; the GPUs'
-  middle 98% between 0.01 and 2.44). No prediction leaves that band.
+- the correction, ln(ms / roofline ms), is bounded to [-2.5, 4.0] (`GNNConfig.correction`),
+  a little wider than every kernel of release 0.1: those lie in [-2.18, 3.90], and on the five
+  NeuSight GPUs the 1st to 99th percentiles lie in [0.01, 2.44] (the snippet in
+  reports/leave-one-gpu-out.md). No prediction leaves the band.
 """
 from __future__ import annotations
 
