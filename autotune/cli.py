@@ -16,11 +16,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from costmodel.cli import ArgumentParser, add_workload_args, positive_int, run_main
+from costmodel.cli import ArgumentParser, add_cost_model_arg, add_workload_args, positive_int, run_main
 from costmodel.errors import UserError
 
 DEFAULT_MODEL = "bert-base"
-DEFAULT_COST_MODEL = "gnn"
 
 
 def _parser() -> ArgumentParser:
@@ -38,11 +37,11 @@ def _parser() -> ArgumentParser:
     p.add_argument("--sampler", default="tpe", choices=("tpe", "random"), help="default tpe")
     p.add_argument("--storage", help="study storage URL (default: a journal file in --out)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
-    p.add_argument("--cost-model", default=DEFAULT_COST_MODEL,
-                   help="gnn (the shipped checkpoint, default), roofline, or a saved model file")
-    p.add_argument("--measure", action="store_true",
+    add_cost_model_arg(p)
+    p.add_argument("--measure", nargs="?", const="here", choices=("here", "fake"),
                    help="run eager, the plan and torch.compile on this machine (target cpu, or "
-                        "the GPU here) and compare with the predictions")
+                        "the GPU here) and compare with the predictions; --measure fake runs the "
+                        "same path on a fake GPU of the target (seeded roofline timings, no GPU)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for --measure (default: torch's; 1 is steadier on a busy host)")
     p.add_argument("--dataset", default=None,
@@ -101,9 +100,9 @@ def storage_url(spec: str | None, out: Path):
 
 def _build(model: str, batch: int, seq: int, dtype: str, target: str, cost_model_spec: str):
     from autotune.space import Space
-    from costmodel.cost import load_cost_model
+    from costmodel.models.registry import load_cost_model
     from costmodel.hardware import load_profile
-    from costmodel.zoo import capture_model
+    from costmodel.ir.zoo import capture_model
 
     hw = load_profile(target)
     cost_model = load_cost_model(cost_model_spec)
@@ -120,7 +119,7 @@ def _main(argv: Sequence[str]) -> int:
     prior = load_prior(args.prior)
     space, cost_model = _build(args.model, args.batch, args.seq, args.dtype, args.target,
                                args.cost_model)
-    device = _measure_device(space.target) if args.measure else None
+    runner = _measure_runner(space.target, args.measure) if args.measure else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = study_name(args, space.diagram.hash, cost_model.name)
@@ -135,7 +134,7 @@ def _main(argv: Sequence[str]) -> int:
     extra = {"prior": {"name": prior.name, **prior.stats}, "sampler": args.sampler}
     measured = None
     if args.measure:
-        measured = _measure(args, result, device)
+        measured = _measure(args, result, runner)
         extra["measured"] = measured
     whatifs = _whatifs(args, cost_model, result, space.diagram)
     extra["whatifs"] = whatifs
@@ -179,34 +178,41 @@ def _worker(argv: Sequence[str]) -> int:
     return 0
 
 
-def _measure_device(target) -> str:
-    """Where --measure runs the plan: "cpu" for the cpu target, "cuda" when the GPU here is
-    the target's; a UserError otherwise (checked before the search, so nobody waits for it)."""
-    if target.kind == "cpu":
-        return "cpu"
-    if target.kind == "gpu":
-        from costmodel.measure import CudaBackend
+def _measure_runner(target, where: str):
+    """Where --measure runs the plan: this host for the cpu target, the GPU here when it is the
+    target's, or a fake GPU of the target; a UserError otherwise (checked before the search, so
+    nobody waits for it)."""
+    from costmodel.measure import runner
 
-        here = CudaBackend().hardware  # says plainly when there is no GPU
-        if here == target.name:
-            return "cuda"
-        raise UserError(f"--measure runs the plan on this machine: the GPU here is {here}, not "
-                        f"{target.name}; use --target {here}, or leave out --measure")
+    if where == "fake":
+        if target.kind != "gpu":
+            raise UserError(f"--measure fake pretends to be a GPU; {target.name} is a {target.kind}")
+        from costmodel.measure.fake import FakeRunner
+
+        return FakeRunner(hardware=target.name)
+    if target.kind == "cpu":
+        return runner("cpu")
+    if target.kind == "gpu":
+        here = runner("cuda")  # says plainly when there is no GPU
+        if here.hardware == target.name:
+            return here
+        raise UserError(f"--measure runs the plan on this machine: the GPU here is {here.hardware}, "
+                        f"not {target.name}; use --target {here.hardware}, or leave out --measure")
     raise UserError(f"--measure runs on cpu or a CUDA GPU, not on {target.name} ({target.kind})")
 
 
-def _measure(args, result, device: str) -> dict:
+def _measure(args, result, runner) -> dict:
     from autotune.verify import record, verify_plan
 
     v = verify_plan(args.model, args.batch, args.seq, args.dtype, result.plan,
                     repeats=args.repeats, seed=args.seed, threads=args.threads,
-                    device=device, progress=not args.quiet)
-    written = record(v, **({"root": args.dataset} if args.dataset else {}))
+                    runner=runner, progress=not args.quiet)
+    written = record(v, runner, **({"root": args.dataset} if args.dataset else {}))
     return {"baseline": {"predicted_ms": result.baseline.total_ms, "measured_ms": v.eager_ms},
             "plan": {"predicted_ms": result.best.total_ms, "measured_ms": v.plan_ms},
             "compiled_ms": v.compiled_ms, "max_abs_error": v.max_abs_error,
             "repeats": v.repeats, "threads": v.threads, "hardware": v.hardware, "device": v.device,
-            "rows_written": written.get("written", 0)}
+            "runner": runner.name, "rows_written": written.get("written", 0)}
 
 
 def _whatifs(args, cost_model, result, diagram) -> list[dict]:
@@ -264,7 +270,8 @@ def _measured_table(m: dict) -> str:
              f"  measured speedup {b['measured_ms'] / p['measured_ms']:.3f}x over eager"
              + (f", {c / p['measured_ms']:.3f}x over whole-model torch.compile" if c else "")
              + f" (median of {m['repeats']}, "
-             + (f"{m['threads']} threads)" if m["device"] == "cpu" else f"{m['hardware']})")]
+             + (f"{m['threads']} threads)" if m["device"] == "cpu" else
+                f"{m['hardware']}{', fake timings' if m.get('runner') == 'fake' else ''})")]
     return "\n".join(lines)
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from autotune.search import SearchResult, changes
-from costmodel.cost import PlanCost
-from costmodel.diagram import Diagram, Vertex
-from costmodel.plan import compute_readers
+from costmodel.models.base import PlanCost
+from costmodel.ir.diagram import Diagram, Vertex
+from costmodel.ir.rules import compute_readers
 
 PRE, POST = "embeddings", "head"
 HALO = ' paint-order="stroke" stroke="#fff" stroke-width="3" stroke-linejoin="round"'  # text over lines

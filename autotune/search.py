@@ -21,9 +21,9 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from autotune.space import Space, tile_label
-from costmodel.cost import CostModel, PlanCost
-from costmodel.plan import KernelConfig, Plan
+from autotune.space import Choice, Space, tile_label
+from costmodel.models.base import CostModel, PlanCost
+from costmodel.ir.plan import KernelConfig, Plan
 
 SAMPLERS = ("tpe", "random")
 BATCH = 8  # trials asked, priced and told together
@@ -121,9 +121,9 @@ def run_trials(study: optuna.Study, space: Space, evaluator: Evaluator, trials: 
                     asked.append(study.ask())
                 plans, legal = [], []
                 for t in asked:
-                    assignment = {p.name: t.suggest_categorical(p.name, p.choices) for p in params}
+                    labels = {p.name: t.suggest_categorical(p.name, p.labels) for p in params}
                     try:
-                        plans.append(space.plan_from(assignment))
+                        plans.append(space.plan_from_labels(labels))
                         legal.append(True)
                     except ValueError as e:
                         t.set_user_attr("illegal", str(e)[:200])
@@ -152,12 +152,12 @@ def best_plan(study: optuna.Study, space: Space) -> Plan:
     if not feasible:
         return Plan()
     best = min(feasible, key=lambda t: (t.value, t.number))
-    return space.plan_from({k: v for k, v in best.params.items()})
+    return space.plan_from_labels(best.params)
 
 
 def search(space: Space, cost_model: CostModel, *, trials: int = 200, seed: int = 0,
            progress: bool = True,
-           suggestions: Sequence[Mapping[str, str]] | Callable[[], Sequence[Mapping[str, str]]] = (),
+           suggestions: Sequence[Mapping[str, Choice]] | Callable[[], Sequence[Mapping[str, Choice]]] = (),
            storage: str | optuna.storages.BaseStorage | None = None, study_name: str = "autotune",
            sampler: str = "tpe", time_budget: float | None = None,
            attrs: Mapping | None = None) -> SearchResult:
@@ -175,7 +175,7 @@ def search(space: Space, cost_model: CostModel, *, trials: int = 200, seed: int 
         # Eager first (the reference every search sees), then the prior's suggestions; a param a
         # suggestion leaves out takes what eager does.
         for given in [{}, *suggestions]:
-            study.enqueue_trial({p.name: given.get(p.name, p.choices[0]) for p in space.params},
+            study.enqueue_trial({p.name: p.label(given.get(p.name, p.choices[0])) for p in space.params},
                                 skip_if_exists=True)
         suggested = len(suggestions)
     elif progress:

@@ -1,78 +1,38 @@
-"""The rewrite space on three levels, per target.
+"""The rewrite space on three levels, per target. Every group and config it offers comes from the
+rule book (`costmodel.ir.rules`), so measurement can time each one and the kernels launch it.
 
 - low: kernel parameters. Per matmul class a tile config (BLOCK_M/N/K, warps, stages, split-K)
-  from the list legal on the target, or "library" (the vendor library's own choice, as eager
-  PyTorch runs it); per attention class a flash-style kernel's block sizes, or "library".
-- mid: fusion groups that keep semantics. Per matmul class how many of the pointwise ops after
-  it join its epilogue; residual add + layer norm as one kernel; connected chains of pointwise
-  ops as one kernel; and for attention under a causal or scGPT mask a mask-aware kernel that
-  skips the blocks its mask zeroes ("flash-skip").
+  from the tiles legal on the target (`rules.legal_tiles`), or None (the vendor library's own
+  choice, as eager PyTorch runs it); per attention class a flash-style kernel's block sizes
+  (`rules.legal_attention`), or None.
+- mid: fusion groups that keep semantics (`rules.fusion_candidates`). Per matmul class how many
+  of the pointwise ops after it join its epilogue; residual add + layer norm as one kernel;
+  connected chains of pointwise ops as one kernel; and for attention under a causal or scGPT
+  mask a mask-aware kernel that skips the blocks its mask zeroes (`skip_masked`).
 - high: architecture what-ifs, priced but never applied: `autotune.whatif`.
 
 Sites with the same content hash form a class and share one decision (a tuner tunes each
-distinct workload once). Each class exposes `Param`s: a name, the legal choices as labels
-(`choices[0]` is what eager does) and what the choice is about, which priors read. A full
-assignment of labels maps to a `Plan` of frozen decisions (`Space.plan_from`); groups that
-overlap merge into one kernel when that is legal (one matmul or attention at most, no layer norm
-in a matmul's epilogue), else the assignment is illegal and `plan_from` raises ValueError.
+distinct workload once). Each class exposes a `Param`: a name, the legal choices as frozen
+values (`choices[0]` is what eager does: None, 0 or False) and what the choice is about, which
+priors read. Labels (`Param.label`) exist only at the edges: Optuna's storage, prompts,
+reports. A full assignment of values maps to a `Plan` of frozen decisions (`Space.plan_from`);
+groups that overlap merge into one kernel when that is legal (`rules.merge_problem`), else the
+assignment is illegal and `plan_from` raises ValueError.
 """
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Union
 
-from costmodel.diagram import Diagram
 from costmodel.hardware import HardwareProfile
-from costmodel.plan import (
-    EPILOGUE_KINDS,
-    Fuse,
-    KernelConfig,
-    Plan,
-    Tile,
-    check_fusable,
-    compute_readers,
-    epilogue_chain,
-)
+from costmodel.ir import rules
+from costmodel.ir.diagram import Diagram
+from costmodel.ir.plan import Fuse, KernelConfig, Plan, Tile, check_fusable
 
-BLOCKS = (32, 64, 128, 256)
-BLOCK_K = (32, 64)
-WARPS = (4, 8)
-STAGES = (2, 3, 4)
-SPLIT_K = (1, 2, 4)
-MAX_ACCUMULATORS_PER_THREAD = 128  # fp32 accumulators a thread can hold without spilling
-ATTENTION_BLOCKS_M = (64, 128)
-ATTENTION_BLOCKS_N = (32, 64, 128)
-ATTENTION_STAGES = (1, 2, 3)
-SKIPPABLE_MASKS = ("causal", "scgpt")  # masks with whole blocks of zeros a kernel can skip
-LIBRARY = "library"
-ANCHOR_KINDS = ("matmul", "conv", "attention")  # at most one per kernel
-
-
-@dataclass(frozen=True)
-class MatmulClass:
-    """Matmuls with the same work and the same epilogue chain, tuned together."""
-
-    key: str  # content hash of the matmul plus its full epilogue chain
-    sites: tuple[tuple[str, tuple[str, ...]], ...]  # (matmul vertex, its epilogue chain)
-    gemm: tuple[int, int, int, int]  # (batch, M, N, K)
-    dtype: str
-    epilogue_kinds: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Param:
-    """One decision of the space: a name, the legal choices (labels; `choices[0]` is what eager
-    does), the level, how many sites share it, and what it is about (for priors and reports)."""
-
-    name: str
-    level: str  # "low" or "mid"
-    choices: tuple[str, ...]
-    sites: int
-    about: str  # the kernel in words: ops, shapes, dtype
-    info: Mapping = field(default_factory=dict, compare=False, hash=False)  # kind, shapes, mask
+Choice = Union[None, bool, int, KernelConfig]  # a param's value: a config, a fusion depth or a flag
+LIBRARY = "library"  # the label of None: the vendor library's own kernel
 
 
 def tile_label(c: KernelConfig) -> str:
@@ -84,41 +44,51 @@ def attention_label(c: KernelConfig) -> str:
     return f"{kind} {c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages}"
 
 
-def legal_tiles(hw: HardwareProfile, dtype: str) -> tuple[KernelConfig, ...]:
-    """Tile configs that launch on `hw`: shared memory of all pipeline stages within the SM's,
-    threads within the SM's limit, accumulators per thread within the register budget."""
-    if hw.kind != "gpu":
-        return ()
-    element = 4 if dtype in ("fp32", "tf32") else 2
-    out = []
-    for bm, bn, bk, warps, stages, split in itertools.product(BLOCKS, BLOCKS, BLOCK_K, WARPS,
-                                                              STAGES, SPLIT_K):
-        c = KernelConfig(bm, bn, bk, warps, stages, split)
-        if _fits(c, hw, element):
-            out.append(c)
-    return tuple(out)
+@dataclass(frozen=True)
+class MatmulClass:
+    """Matmuls with the same work and the same epilogue chain, tuned together."""
+
+    key: str  # content hash of the matmul plus its longest legal epilogue
+    sites: tuple[tuple[str, tuple[str, ...]], ...]  # (matmul vertex, its epilogue chain)
+    gemm: tuple[int, int, int, int]  # (batch, M, N, K)
+    dtype: str
+    epilogue_kinds: tuple[str, ...]
 
 
-def legal_attention(hw: HardwareProfile, dtype: str, head_dim: int,
-                    skip: bool) -> tuple[KernelConfig, ...]:
-    """Flash-style attention configs that launch on `hw` for this head dimension."""
-    if hw.kind != "gpu":
-        return ()
-    element = 4 if dtype in ("fp32", "tf32") else 2
-    out = []
-    for bm, bn, warps, stages in itertools.product(ATTENTION_BLOCKS_M, ATTENTION_BLOCKS_N, WARPS,
-                                                   ATTENTION_STAGES):
-        c = KernelConfig(bm, bn, head_dim, warps, stages, 1, skip)
-        if _fits(c, hw, element):
-            out.append(c)
-    return tuple(out)
+@dataclass(frozen=True)
+class Param:
+    """One decision of the space: a name, the legal choices (frozen values; `choices[0]` is
+    what eager does), the level, how many sites share it, and what it is about (for priors and
+    reports). `kind` says what a choice is: "epilogue" (ops fused, an int), "fuse" (a bool),
+    "tile" or "attention" (a KernelConfig, or None for the library's kernel)."""
 
+    name: str
+    level: str  # "low" or "mid"
+    kind: str
+    choices: tuple[Choice, ...]
+    sites: int
+    about: str  # the kernel in words: ops, shapes, dtype
+    info: Mapping = field(default_factory=dict, compare=False, hash=False)  # shapes, mask
 
-def _fits(c: KernelConfig, hw: HardwareProfile, element: int) -> bool:
-    smem_limit = hw.shared_memory_per_unit or 48 * 1024
-    threads_limit = hw.max_threads_per_unit or 1024
-    return (c.smem_bytes(element) <= smem_limit and c.num_warps * 32 <= min(threads_limit, 1024)
-            and c.block_m * c.block_n / (c.num_warps * 32) <= MAX_ACCUMULATORS_PER_THREAD)
+    def label(self, value: Choice) -> str:
+        """The value as text (Optuna's storage, prompts, reports)."""
+        if value is None:
+            return LIBRARY
+        if isinstance(value, KernelConfig):
+            return attention_label(value) if self.kind == "attention" else tile_label(value)
+        return str(int(value))
+
+    @cached_property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.label(c) for c in self.choices)
+
+    def value(self, label: str) -> Choice:
+        """The choice a label names; ValueError for one that is not a legal choice."""
+        try:
+            return self.choices[self.labels.index(label)]
+        except ValueError:
+            raise ValueError(f"{label!r} is not a legal choice for {self.name}; choose from "
+                             f"{list(self.labels)[:6]}...") from None
 
 
 def _describe(diagram: Diagram, names: tuple[str, ...]) -> str:
@@ -133,12 +103,11 @@ def _describe(diagram: Diagram, names: tuple[str, ...]) -> str:
 
 @dataclass(frozen=True)
 class _Rule:
-    """How a param's chosen label becomes decisions: per site, a fusion group or a config."""
+    """How a param's value becomes decisions: per site (anchor vertex, candidate members), a
+    fusion group or a config."""
 
     param: Param
-    values: Mapping  # label -> per-site value: a fusion depth, a bool, or a KernelConfig
-    sites: tuple  # per site: (anchor vertex, candidate group members)
-    kind: str  # "epilogue", "tile", "attention", "fuse"
+    sites: tuple
 
 
 @dataclass(frozen=True)
@@ -147,12 +116,20 @@ class Space:
     target: HardwareProfile
 
     @cached_property
+    def candidates(self) -> tuple[rules.Candidate, ...]:
+        return rules.fusion_candidates(self.diagram)
+
+    @cached_property
     def classes(self) -> tuple[MatmulClass, ...]:
+        epilogues: dict[str, int] = {}  # matmul -> its longest legal epilogue
+        for c in self.candidates:
+            if c.kind.startswith("epilogue"):
+                epilogues[c.anchor] = max(epilogues.get(c.anchor, 0), len(c.vertices) - 1)
         groups: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
         for v in self.diagram.vertices:
             if v.kind != "matmul":
                 continue
-            chain = epilogue_chain(self.diagram, v.name)
+            chain = rules.epilogue_chain(self.diagram, v.name)[:epilogues.get(v.name, 0)]
             key = self.diagram.subdiagram((v.name, *chain)).hash
             groups.setdefault(key, []).append((v.name, chain))
         out = []
@@ -165,52 +142,49 @@ class Space:
     @cached_property
     def tiles(self) -> dict[str, tuple[KernelConfig, ...]]:
         """Legal tile configs per dtype present among the matmuls."""
-        return {c.dtype: legal_tiles(self.target, c.dtype) for c in self.classes}
+        return {c.dtype: rules.legal_tiles(self.target, c.dtype) for c in self.classes}
 
     @cached_property
     def _rules(self) -> tuple[_Rule, ...]:
         d = self.diagram
-        rules: list[_Rule] = []
+        out: list[_Rule] = []
         for i, cls in enumerate(self.classes):
             depth = len(cls.sites[0][1])
             about = _describe(d, (cls.sites[0][0], *cls.sites[0][1]))
-            info = {"kind": "matmul", "gemm": cls.gemm, "dtype": cls.dtype,
-                    "epilogue": cls.epilogue_kinds}
+            info = {"gemm": cls.gemm, "dtype": cls.dtype, "epilogue": cls.epilogue_kinds}
             if depth:
-                labels = tuple(str(k) for k in range(depth + 1))
-                rules.append(_Rule(Param(f"mm{i}.fuse", "mid", labels, len(cls.sites), about,
-                                         {**info, "meaning": "pointwise ops fused into the epilogue"}),
-                                   {lb: int(lb) for lb in labels}, cls.sites, "epilogue"))
+                out.append(_Rule(Param(f"mm{i}.fuse", "mid", "epilogue", tuple(range(depth + 1)),
+                                       len(cls.sites), about,
+                                       {**info, "meaning": "pointwise ops fused into the epilogue"}),
+                                 cls.sites))
             tiles = self.tiles.get(cls.dtype, ())
             if tiles:
-                values = {LIBRARY: None, **{tile_label(c): c for c in tiles}}
-                rules.append(_Rule(Param(f"mm{i}.tile", "low", tuple(values), len(cls.sites), about,
-                                         {**info, "meaning": "BLOCK_MxBLOCK_NxBLOCK_K warps stages split-K"}),
-                                   values, tuple((m, ()) for m, _ in cls.sites), "tile"))
-        for j, (key, sites) in enumerate(self._classes_of(self._attention_sites()).items()):
+                out.append(_Rule(Param(f"mm{i}.tile", "low", "tile", (None, *tiles), len(cls.sites),
+                                       about, {**info, "meaning": "BLOCK_MxBLOCK_NxBLOCK_K warps "
+                                                                  "stages split-K"}),
+                                 tuple((m, ()) for m, _ in cls.sites)))
+        for j, sites in enumerate(self._classes_of(self._attention_sites()).values()):
             v = d.vertex[sites[0][0]]
-            skip = v.mask_kind in SKIPPABLE_MASKS
-            configs = legal_attention(self.target, v.dtype, v.input_shapes[0][-1], False)
+            skip = v.mask_kind in rules.SKIPPABLE_MASKS
+            configs = rules.legal_attention(self.target, v.dtype, v.input_shapes[0][-1], False)
             if skip:
-                configs += legal_attention(self.target, v.dtype, v.input_shapes[0][-1], True)
+                configs += rules.legal_attention(self.target, v.dtype, v.input_shapes[0][-1], True)
             if not configs:
                 continue
-            values = {LIBRARY: None, **{attention_label(c): c for c in configs}}
-            rules.append(_Rule(Param(f"at{j}.kernel", "low" if not skip else "mid", tuple(values),
-                                     len(sites), _describe(d, (v.name,)),
-                                     {"kind": "attention", "q": v.input_shapes[0],
-                                      "k": v.input_shapes[1], "dtype": v.dtype,
-                                      "mask": v.mask_kind, "density": v.mask_density,
-                                      "meaning": "library, or flash/flash-skip BLOCK_MxBLOCK_N warps stages"}),
-                               values, sites, "attention"))
-        for prefix, found, what in (("ln", self._norm_sites(), "residual add + layer norm as one kernel"),
-                                    ("ew", self._pointwise_sites(), "chain of pointwise ops as one kernel")):
-            for k, (key, sites) in enumerate(self._classes_of(found).items()):
-                rules.append(_Rule(Param(f"{prefix}{k}.fuse", "mid", ("0", "1"), len(sites),
-                                         _describe(d, sites[0][1]),
-                                         {"kind": prefix, "meaning": what}),
-                                   {"0": False, "1": True}, sites, "fuse"))
-        return tuple(rules)
+            out.append(_Rule(Param(f"at{j}.kernel", "mid" if skip else "low", "attention",
+                                   (None, *configs), len(sites), _describe(d, (v.name,)),
+                                   {"q": v.input_shapes[0], "k": v.input_shapes[1],
+                                    "dtype": v.dtype, "mask": v.mask_kind, "density": v.mask_density,
+                                    "meaning": "library, or flash/flash-skip BLOCK_MxBLOCK_N warps stages"}),
+                             tuple(sites)))
+        for prefix, kind, what in (("ln", "residual-norm", "residual add + layer norm as one kernel"),
+                                   ("ew", "pointwise", "chain of pointwise ops as one kernel")):
+            found = [(c.anchor, c.vertices) for c in self.candidates if c.kind == kind]
+            for k, sites in enumerate(self._classes_of(found).values()):
+                out.append(_Rule(Param(f"{prefix}{k}.fuse", "mid", "fuse", (False, True), len(sites),
+                                       _describe(d, sites[0][1]), {"group": kind, "meaning": what}),
+                                 tuple(sites)))
+        return tuple(out)
 
     def _classes_of(self, sites: list[tuple[str, tuple[str, ...]]]) -> dict[str, list]:
         out: dict[str, list] = {}
@@ -221,82 +195,52 @@ class Space:
     def _attention_sites(self) -> list[tuple[str, tuple[str, ...]]]:
         return [(v.name, (v.name,)) for v in self.diagram.vertices if v.kind == "attention"]
 
-    def _norm_sites(self) -> list[tuple[str, tuple[str, ...]]]:
-        """Layer norms whose input comes straight from an add (the residual)."""
-        d, out = self.diagram, []
-        producer = {o: v.name for v in d.vertices for o in v.outputs}
-        for v in d.vertices:
-            if v.kind != "layer_norm":
-                continue
-            src = producer.get(v.inputs[0])
-            while src is not None and d.vertex[src].is_free:
-                src = producer.get(d.vertex[src].inputs[0]) if d.vertex[src].inputs else None
-            if src is not None and d.vertex[src].kind == "add":
-                out.append((v.name, (src, v.name)))
-        return out
-
-    def _pointwise_sites(self) -> list[tuple[str, tuple[str, ...]]]:
-        """Connected groups (two or more) of pointwise ops of one size, each reading another's
-        output: one kernel instead of one per op (GPT-2's tanh GELU is eight)."""
-        d = self.diagram
-        pointwise = {v.name for v in d.vertices if v.kind in EPILOGUE_KINDS}
-        numel = {n: math.prod(d.vertex[n].output_shapes[0]) for n in pointwise}
-        parent = {n: n for n in pointwise}
-
-        def root(n: str) -> str:
-            while parent[n] != n:
-                parent[n] = parent[parent[n]]
-                n = parent[n]
-            return n
-
-        for n in pointwise:
-            for r in compute_readers(d, d.vertex[n].outputs[0]):
-                if r in pointwise and numel[r] == numel[n]:
-                    parent[root(r)] = root(n)
-        groups: dict[str, list[str]] = {}
-        for v in d.vertices:
-            if v.name in pointwise:
-                groups.setdefault(root(v.name), []).append(v.name)
-        out = []
-        for members in groups.values():
-            if len(members) < 2:
-                continue
-            try:
-                check_fusable(d, tuple(members))
-            except ValueError:
-                continue
-            out.append((members[0], tuple(members)))
-        return out
-
     @cached_property
     def params(self) -> tuple[Param, ...]:
         """Every decision of the space, low and mid level, in a stable order."""
         return tuple(r.param for r in self._rules)
 
-    def plan_from(self, assignment: Mapping[str, str]) -> Plan:
-        """The plan for an assignment of labels to params (a missing param takes choices[0]).
-        Raises ValueError for an unknown param or label, or an illegal combination."""
-        rules = {r.param.name: r for r in self._rules}
-        for name, label in assignment.items():
-            if name not in rules:
+    @cached_property
+    def param(self) -> dict[str, Param]:
+        return {p.name: p for p in self.params}
+
+    def groups(self, assignment: Mapping[str, Choice]) -> list[tuple[str, ...]]:
+        """The fusion groups an assignment asks for, one per site, before merging: each is a
+        fusion candidate of the rule book."""
+        out = []
+        for r in self._rules:
+            value = assignment.get(r.param.name, r.param.choices[0])
+            if r.param.kind in ("epilogue", "fuse") and value:
+                depth = value if r.param.kind == "epilogue" else None
+                out += [(anchor, *members[:depth]) if depth is not None else tuple(members)
+                        for anchor, members in r.sites]
+        return out
+
+    def plan_from(self, assignment: Mapping[str, Choice]) -> Plan:
+        """The plan for an assignment of values to params (a missing param takes choices[0]).
+        Raises ValueError for an unknown param or value, or an illegal combination."""
+        for name, value in assignment.items():
+            if name not in self.param:
                 raise ValueError(f"no parameter {name!r} in this space")
-            if label not in rules[name].values:
-                raise ValueError(f"{label!r} is not a legal choice for {name}; "
-                                 f"choose from {list(rules[name].param.choices)[:6]}...")
-        groups: list[tuple[str, ...]] = []
+            if value not in self.param[name].choices or isinstance(value, bool) != isinstance(
+                    self.param[name].choices[-1], bool):
+                raise ValueError(f"{value!r} is not a legal choice for {name}; choose from "
+                                 f"{list(self.param[name].labels)[:6]}...")
         configs: list[tuple[str, KernelConfig]] = []
         for r in self._rules:
-            value = r.values[assignment.get(r.param.name, r.param.choices[0])]
-            for anchor, members in r.sites:
-                if r.kind == "epilogue" and value:
-                    groups.append((anchor, *members[:value]))
-                elif r.kind == "fuse" and value:
-                    groups.append(tuple(members))
-                elif r.kind in ("tile", "attention") and value is not None:
-                    configs.append((anchor, value))
-        decisions: list[Fuse | Tile] = [Fuse(g) for g in self._merge(groups)]
+            value = assignment.get(r.param.name, r.param.choices[0])
+            if r.param.kind in ("tile", "attention") and value is not None:
+                configs += [(anchor, value) for anchor, _ in r.sites]
+        decisions: list[Fuse | Tile] = [Fuse(g) for g in self._merge(self.groups(assignment))]
         decisions += [Tile(v, c) for v, c in configs]
         return Plan(tuple(decisions))
+
+    def plan_from_labels(self, labels: Mapping[str, str]) -> Plan:
+        """`plan_from` for an assignment of labels (Optuna's storage, an LLM's answer)."""
+        unknown = set(labels) - set(self.param)
+        if unknown:
+            raise ValueError(f"no parameter {sorted(unknown)[0]!r} in this space")
+        return self.plan_from({k: self.param[k].value(v) for k, v in labels.items()})
 
     def _merge(self, groups: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
         """Overlapping groups merged into one kernel; ValueError where that kernel is illegal."""
@@ -309,24 +253,22 @@ class Space:
         out = []
         for m in merged:
             members = tuple(sorted(m, key=order.__getitem__))
-            kinds = [self.diagram.vertex[n].kind for n in members]
-            if sum(k in ANCHOR_KINDS for k in kinds) > 1:
-                raise ValueError(f"group {members} holds two matmuls or attentions")
-            if "layer_norm" in kinds and any(k in ANCHOR_KINDS for k in kinds):
-                raise ValueError(f"group {members} puts a layer norm in a matmul's epilogue")
+            problem = rules.merge_problem(self.diagram.vertex[n].kind for n in members)
+            if problem:
+                raise ValueError(f"group {members} {problem}")
             check_fusable(self.diagram, members)
             out.append(members)
         return out
 
     def plan(self, choices: dict[str, tuple[int, KernelConfig | None]]) -> Plan:
         """A plan from per-matmul-class choices: class key -> (epilogue ops fused, tile or None)."""
-        assignment = {}
+        assignment: dict[str, Choice] = {}
         for i, cls in enumerate(self.classes):
             depth, tile = choices.get(cls.key, (0, None))
             if depth:
-                assignment[f"mm{i}.fuse"] = str(depth)
+                assignment[f"mm{i}.fuse"] = depth
             if tile is not None:
-                assignment[f"mm{i}.tile"] = tile_label(tile)
+                assignment[f"mm{i}.tile"] = tile
         return self.plan_from(assignment)
 
     def check(self, plan: Plan) -> None:
@@ -338,10 +280,11 @@ class Space:
             if self.target.kind != "gpu":
                 raise ValueError(f"{self.target.name} takes no tile configs")
             v = self.diagram.vertex[d.vertex]
-            legal = legal_attention(self.target, v.dtype, v.input_shapes[0][-1], d.config.skip_masked) \
-                if v.kind == "attention" else legal_tiles(self.target, v.dtype)
+            legal = rules.legal_attention(self.target, v.dtype, v.input_shapes[0][-1],
+                                          d.config.skip_masked) \
+                if v.kind == "attention" else rules.legal_tiles(self.target, v.dtype)
             if d.config not in legal:
                 raise ValueError(f"{d.config} is not legal on {self.target.name}")
-            if d.config.skip_masked and v.mask_kind not in SKIPPABLE_MASKS:
+            if d.config.skip_masked and v.mask_kind not in rules.SKIPPABLE_MASKS:
                 raise ValueError(f"{d.vertex} has mask {v.mask_kind!r}: no blocks to skip")
         plan.kernels(self.diagram)

@@ -25,7 +25,7 @@ The variants (one that does not apply to a model is skipped, with no error):
 - `mlp-half`: the MLP hidden width halved (4x -> 2x the model width in BERT and GPT-2, 1x ->
   0.5x in scGPT).
 
-Every variant is a real model, re-captured through `costmodel.zoo.capture_model`, never a
+Every variant is a real model, re-captured through `costmodel.ir.zoo.capture_model`, never a
 diagram edited by hand: the variant could be run and measured as it is.
 - scgpt: our model takes `head_dim`, `n_kv_heads` and `mask` in its `ScGPTConfig`.
 - Hugging Face configs: config keys where the class honours them (`num_key_value_heads` and
@@ -52,12 +52,14 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from costmodel.cost import CostModel, blocks_per_sm, load_cost_model
-from costmodel.diagram import Diagram
 from costmodel.errors import UserError
 from costmodel.hardware import HardwareProfile, load_profile
-from costmodel.plan import KernelConfig, Plan, Tile
-from costmodel.zoo import ScGPTConfig, capture_model, model_config
+from costmodel.ir import rules
+from costmodel.ir.diagram import Diagram
+from costmodel.ir.plan import KernelConfig, Plan, Tile
+from costmodel.ir.zoo import ScGPTConfig, capture_model, model_config
+from costmodel.models.base import CostModel
+from costmodel.models.registry import load_cost_model
 
 MLP_KEYS = ("intermediate_size", "n_inner", "ffn_dim")  # Hugging Face names of the MLP width
 # Flash-attention blocks (queries x keys) the mask what-ifs choose from, as a tuned kernel would:
@@ -174,10 +176,11 @@ def _price(diagram: Diagram, hw: HardwareProfile, cost_model: CostModel, masked:
     if not masked:
         return cost_model.predict_plan(diagram, hw, Plan()).total_ms
     attention = [v for v in diagram.vertices if v.kind == "attention"]
-    element = 4 if attention[0].dtype in ("fp32", "tf32") else 2
+    if hw.kind != "gpu":  # no tiled kernels there: a mask pays nothing but its own ops
+        return cost_model.predict_plan(diagram, hw, Plan()).total_ms
     configs = [c for c in (KernelConfig(bm, bn, attention[0].input_shapes[0][-1], num_warps=4,
                                         num_stages=2, skip_masked=True) for bm, bn in FLASH_BLOCKS)
-               if blocks_per_sm(c, hw, element)]
+               if rules.blocks_per_unit(c, hw, attention[0].dtype)]
     if not configs:
         raise _NotBuilt(f"no flash attention block fits on {hw.name}")
     return min(cost_model.predict_plan(diagram, hw, Plan(tuple(Tile(v.name, c) for v in attention))

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from costmodel.cost import Roofline
-from costmodel.gnn import GNNConfig, GNNCostModel, KernelGNN, Normaliser
+from costmodel.models.roofline import Roofline
+from costmodel.models.gnn import GNNConfig, GNNCostModel, KernelGNN, Normaliser
 from costmodel.hardware import load_profile
-from costmodel.plan import eager_partition
+from costmodel.ir.plan import eager_partition
 from costmodel.serve import make_server
-from costmodel.zoo import capture_model
+from costmodel.ir.zoo import capture_model
 
 RELEASE = Path(__file__).resolve().parent.parent / "datasets" / "releases" / "0.1"
 
@@ -95,7 +95,7 @@ def main() -> None:
             rows.append((f"warm bert-large 8x512 request, {name}",
                          f"{1e3 * request_latency(spec, args.repeats):,.0f} ms"))
     if RELEASE.is_dir():
-        from costmodel.train import train, training_graphs
+        from costmodel.models.train import train, training_graphs
 
         graphs = training_graphs(RELEASE, RELEASE.parent.parent / "cache", progress=False)[:20000]
         cfg = GNNConfig(epochs=1, members=1)

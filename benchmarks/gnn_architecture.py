@@ -15,9 +15,10 @@ import time
 
 import numpy as np
 
-from costmodel.evaluate import GBDT, mape, roofline_ln
-from costmodel.gnn import GNNConfig
-from costmodel.train import train, training_graphs
+from costmodel.models.evaluate import mape
+from costmodel.models.gbdt import GBDTCostModel, roofline_ln
+from costmodel.models.gnn import GNNConfig
+from costmodel.models.train import train, training_graphs
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
             model = train(rest, cfg, progress=False)
             seconds.append(time.perf_counter() - start)
             cells.append(mape(np.exp(model.predict_ln(test)[0]), true))
-        gb = mape(np.exp(GBDT().fit(rest).predict_ln(test)), true)
+        gb = mape(np.exp(GBDTCostModel.fit(rest).predict_ln(test)[0]), true)
         rl = mape(np.exp(roofline_ln(test)), true)
         print(f"| {gpu} | {len(test)} | " + " | ".join(f"{100 * c:.1f}%" for c in cells)
               + f" | {100 * gb:.1f}% | {100 * rl:.1f}% | {' / '.join(f'{s:.0f}' for s in seconds)} |",

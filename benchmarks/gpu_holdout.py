@@ -11,10 +11,11 @@ this host's CPU, so an H100 or H200 is hardware it never saw.
 `measure` writes "model"-scope rows of source "cuda" into the dataset folder DIR (the way
 `costmodel measure` writes kernel rows), one per workload:
 - the model is built from its config with random weights (seeded) directly on the GPU
-  (`autotune.verify.build_model`);
+  (`autotune.executor.build_model`);
 - the Hugging Face forward runs (sdpa attention, no KV cache) under `torch.no_grad()`, fp32 with
   TF32 off;
-- `--warmup` calls, then the median of `--repeats` calls, each timed with CUDA events.
+- `--warmup` calls, then the median of `--repeats` calls, each timed by the runner's timer
+  (`Runner.time`: CUDA events on a GPU, a synchronisation after each call).
 
 The rows' config says `"forward": "module"`, apart from `autotune --measure`'s eager rows (the
 exported graph op by op); the key names the workload. A model this torch cannot capture is
@@ -29,11 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -41,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from costmodel.dataset import ShardWriter, dumps, measurement_row, read_table
+from costmodel.data.shards import ShardWriter, read_table
 
 # NeuSight's whole-model label workloads (model, batch, seq) under the zoo's names, and the zoo's
 # own smaller models.
@@ -51,43 +50,13 @@ ZOO = (("bert-base", 8, 128), ("bert-base", 8, 512), ("gpt2", 8, 1024), ("scgpt"
 WORKLOADS = NEUSIGHT + ZOO
 
 
-def time_forward(module, args, kwargs, *, warmup: int, repeats: int, device: torch.device
-                 ) -> list[float]:
-    """Milliseconds of each of `repeats` forward calls after `warmup` (CUDA events on a GPU)."""
-    cuda = device.type == "cuda"
-    with torch.no_grad():
-        for _ in range(warmup):
-            module(*args, **kwargs)
-        out = []
-        for _ in range(repeats):
-            if cuda:
-                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                begin.record()
-                module(*args, **kwargs)
-                end.record()
-                end.synchronize()
-                out.append(begin.elapsed_time(end))
-            else:
-                start = time.perf_counter_ns()
-                module(*args, **kwargs)
-                out.append((time.perf_counter_ns() - start) / 1e6)
-    return out
-
-
 def measure(root: Path, workloads, *, device: str, warmup: int, repeats: int) -> int:
-    from autotune.verify import build_model
-    from costmodel.measure import (
-        CudaBackend,
-        Result,
-        add_context_rows,
-        backend,
-        matmul_precision,
-    )
-    from costmodel.zoo import export_model
+    from autotune.executor import build_model
+    from costmodel.measure import Result, runner
+    from costmodel.measure.collect import add_context_rows
+    from costmodel.ir.zoo import export_model
 
-    be = backend(device)
-    dev = getattr(be, "device", torch.device("cpu"))
-    prov, env, key = be.provenance(), be.environment(), be.key()
+    be = runner(device)
     failed = 0
     print(f"{'workload':<26} {'median ms':>10} {'min':>9} {'max':>9}", flush=True)
     for model, batch, seq in workloads:
@@ -97,40 +66,30 @@ def measure(root: Path, workloads, *, device: str, warmup: int, repeats: int) ->
             capture_error = None
         except Exception as e:  # noqa: BLE001
             diagram, capture_error = None, f"{type(e).__name__}: {str(e)[:300]}"
+        module = args = None
         try:
-            module, args, kwargs = build_model(model, batch, seq, "fp32", device=dev)
-            with matmul_precision("highest"):
-                samples = time_forward(module, args, kwargs, warmup=warmup, repeats=repeats,
-                                       device=dev)
+            module, args, kwargs = build_model(model, batch, seq, "fp32", device=be.device)
+            with torch.no_grad(), be.numerics("fp32"):
+                samples = be.time({"forward": lambda: module(*args, **kwargs)}, [()],
+                                  warmup=warmup, repeats=repeats)["forward"]
             result = Result.of(samples)
         except Exception as e:  # noqa: BLE001 - an out-of-memory workload is recorded, not fatal
             result, failed = Result.failure(f"{type(e).__name__}: {str(e)[:300]}"), failed + 1
         finally:
             module = args = None
-            if dev.type == "cuda":
+            if be.device.type == "cuda":
                 torch.cuda.empty_cache()
-        clocks = be.clocks() if isinstance(be, CudaBackend) else None
         with ShardWriter(root, source=be.source) as writer:
-            if diagram is not None:
-                add_context_rows(writer, be, diagram, root)
-            elif be.hardware not in set(read_table("hardware", root, columns=["hardware"])["hardware"]):
-                writer.add("hardware", be.hardware_row())
-            writer.add("measurements", measurement_row(
-                prov, hardware=be.hardware, runtime_ms=result.runtime_ms, scope="model",
-                diagram_hash=diagram.hash if diagram else None,
+            add_context_rows(writer, be, diagram, root)
+            writer.add("measurements", be.row(
+                result, scope="model", diagram_hash=diagram.hash if diagram else None,
                 kernel_config={"plan": "eager", "compiler": "eager", "forward": "module"},
-                kernel_name="eager:model", error=result.error, key={**key, "workload": workload},
-                runtime_iqr_ms=result.iqr_ms, runtime_min_ms=result.min_ms,
-                runtime_max_ms=result.max_ms, repeats=result.repeats,
-                framework=env.get("framework"), framework_version=env.get("framework_version"),
-                driver_version=env.get("driver_version"), cuda_version=env.get("cuda_version"),
-                clocks_json=dumps(clocks) if clocks is not None else env.get("clocks_json"),
-                threads=env.get("threads"),
-                extra_json=dumps({"model": model, "batch": batch, "seq": seq, "dtype": "fp32",
-                                  "workload": workload, "plan": "eager", "warmup": warmup,
-                                  "forward": "huggingface" if model != "scgpt" else "zoo",
-                                  "attention": "sdpa", "tf32": False,
-                                  **({"capture_error": capture_error} if capture_error else {})})))
+                kernel_name="eager:model", key={**be.key(), "workload": workload},
+                extra={"model": model, "batch": batch, "seq": seq, "dtype": "fp32",
+                       "workload": workload, "plan": "eager", "warmup": warmup,
+                       "forward": "huggingface" if model != "scgpt" else "zoo",
+                       "attention": "sdpa", "tf32": False,
+                       **({"capture_error": capture_error} if capture_error else {})}))
         if result.error:
             print(f"{workload:<26} failed: {result.error}", flush=True)
         else:
@@ -183,12 +142,12 @@ def _kind(config: dict, sub) -> str:
 def kernels(root: Path, hardware: str, cost_models: dict, release: Path, cache: Path) -> str:
     """Kernel-level error on `hardware`'s kernel rows, by kind of kernel: the cost models, and
     the GBDT baseline trained on `release` (TVM's approach; trained here, about a minute)."""
-    from costmodel.diagram import Subdiagram
-    from costmodel.evaluate import GBDT
-    from costmodel.features import to_data
+    from costmodel.data.loader import back_to_back
     from costmodel.hardware import load_profile
-    from costmodel.loader import back_to_back, kernel_config
-    from costmodel.train import training_graphs
+    from costmodel.ir.diagram import Subdiagram
+    from costmodel.ir.plan import KernelConfig
+    from costmodel.models.gbdt import GBDTCostModel
+    from costmodel.models.train import training_graphs
 
     m = read_table("measurements", root)
     m = m[(m["scope"] == "kernel") & (m["hardware"] == hardware) & m["runtime_ms"].notna()]
@@ -200,14 +159,13 @@ def kernels(root: Path, hardware: str, cost_models: dict, release: Path, cache: 
         sub = Subdiagram.from_record(json.loads(records[r.subdiagram_hash]))
         if back_to_back(r.kernel_config_json, sub):  # several kernels back to back, not one
             continue
-        rows.append((sub, kernel_config(r.kernel_config_json), json.loads(r.kernel_config_json),
+        rows.append((sub, KernelConfig.from_record(r.kernel_config_json), json.loads(r.kernel_config_json),
                      r.runtime_ms))
     measured = [ms for *_, ms in rows]
     predicted = {name: cm.predict([s for s, *_ in rows], hw, [c for _, c, *_ in rows])
                  for name, cm in cost_models.items()}
-    graphs = [to_data(s, hw, c) for s, c, *_ in rows]
-    gbdt = GBDT(seed=0).fit(training_graphs(release, cache, progress=False))
-    predicted["gbdt"] = [math.exp(x) for x in gbdt.predict_ln(graphs)]
+    gbdt = GBDTCostModel.fit(training_graphs(release, cache, progress=False))
+    predicted["gbdt"] = gbdt.predict([s for s, *_ in rows], hw, [c for _, c, *_ in rows])
     names = [*cost_models, "gbdt"]
     kinds = sorted({_kind(cfg, s) for s, _, cfg, _ in rows})
     lines = ["| kernels | n | " + " | ".join(f"{n} MAPE" for n in names) + " |",
@@ -220,7 +178,7 @@ def kernels(root: Path, hardware: str, cost_models: dict, release: Path, cache: 
 
 
 def report(root: Path, hardware: str, cost_models: list[str], release: Path, cache: Path) -> str:
-    from costmodel.cost import load_cost_model
+    from costmodel.models.registry import load_cost_model
 
     models = {Path(name).stem if name.endswith(".pt") else name: load_cost_model(name)
               for name in cost_models}

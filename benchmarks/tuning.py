@@ -60,9 +60,9 @@ def efficiency(model: str, target: str, trials: int, llm: str | None,
     from autotune.priors import load_prior
     from autotune.search import search
     from autotune.space import Space
-    from costmodel.cost import load_cost_model
+    from costmodel.models.registry import load_cost_model
     from costmodel.hardware import load_profile
-    from costmodel.zoo import capture_model
+    from costmodel.ir.zoo import capture_model
 
     space = Space(capture_model(model, 1, 128, "fp32"), load_profile(target))
     cost_model = load_cost_model(cost_model_spec)

@@ -12,8 +12,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from costmodel.capture import TORCH_DTYPES
 from costmodel.errors import UserError
+from costmodel.ir.rules import COMPUTE_DTYPES
+
+
+RUNNERS = ("cpu", "cuda", "fake")  # costmodel.measure.RUNNERS, without importing torch here
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -40,8 +43,14 @@ def add_workload_args(p: argparse.ArgumentParser, *, model_default: str | None =
                         "or a path to a Hugging Face config.json")
     p.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
     p.add_argument("--seq", type=positive_int, default=128, help="sequence length (default 128)")
-    p.add_argument("--dtype", default="fp32", choices=tuple(TORCH_DTYPES),
+    p.add_argument("--dtype", default="fp32", choices=COMPUTE_DTYPES,
                    help="compute dtype (default fp32; tf32 runs fp32 matmuls on tensor cores)")
+
+
+def add_cost_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cost-model", default="gnn",
+                   help="gnn (default: the shipped checkpoint), gbdt (the shipped boosted trees), "
+                        "roofline, or a saved model file")
 
 
 def add_guards_arg(p: argparse.ArgumentParser) -> None:
@@ -73,8 +82,7 @@ def _parser() -> ArgumentParser:
     add_workload_args(p)
     p.add_argument("--target", required=True, help="hardware target, e.g. a100, h100, t4, cpu")
     p.add_argument("--plan", default="eager", help="eager (one kernel per op) or a plan.json")
-    p.add_argument("--cost-model", default="gnn",
-                   help="gnn (default: the shipped checkpoint), roofline, or a saved model file")
+    add_cost_model_arg(p)
     p.add_argument("--top", type=positive_int, default=10, help="kernels to list (text output)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -84,7 +92,8 @@ def _parser() -> ArgumentParser:
 
     sub.add_parser("targets", help="list hardware targets")
 
-    p = sub.add_parser("train", help="train the GNN cost model on a dataset release")
+    p = sub.add_parser("train", help="train a learned cost model on a dataset release")
+    p.add_argument("--model", default="gnn", choices=("gnn", "gbdt"), help="default gnn")
     p.add_argument("--data", default=None, help="release folder (default: the newest release)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs per ensemble member")
@@ -111,19 +120,19 @@ def _parser() -> ArgumentParser:
     p = sub.add_parser("serve", help="serve predictions as JSON over HTTP")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
-    p.add_argument("--cost-model", default="gnn",
-                   help="gnn (default: the shipped checkpoint), roofline, or a saved model file")
+    add_cost_model_arg(p)
 
     p = sub.add_parser("measure", help="time a model's kernels on this machine into the dataset")
     add_workload_args(p)
-    p.add_argument("--target", required=True, help="cpu (this host), cuda (GPU 0) or fake (no GPU: "
-                                                  "seeded timings through the CUDA path)")
+    p.add_argument("--target", required=True, choices=RUNNERS,
+                   help="cpu (this host), cuda (GPU 0) or fake (no GPU: seeded timings through "
+                        "the CUDA path)")
     p.add_argument("--budget", type=float, default=600.0, help="seconds to spend (default 600)")
     p.add_argument("--root", default=None, help="dataset folder (default datasets/data)")
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
 
     p = sub.add_parser("collect", help="measure every zoo model at several sizes within a budget")
-    p.add_argument("--target", required=True, help="cpu, cuda or fake")
+    p.add_argument("--target", required=True, choices=RUNNERS, help="cpu, cuda or fake")
     p.add_argument("--models", default=None, help="comma-separated zoo names (default: all)")
     p.add_argument("--batches", default="1,4", help="comma-separated batch sizes (default 1,4)")
     p.add_argument("--seqs", default="64,256", help="comma-separated sequence lengths (default 64,256)")
@@ -165,28 +174,23 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command in ("train", "eval"):
         return _learn(args)
     # Heavy imports wait until the arguments are known to be good.
-    from costmodel.zoo import capture_model
-
     if args.command == "predict":
-        from costmodel.cost import load_cost_model
+        from costmodel import api
         from costmodel.hardware import load_profile
+        from costmodel.ir.plan import Plan, load_plan_file
+        from costmodel.models import load_cost_model
 
         hw = load_profile(args.target)  # a bad target fails before the capture
         cost_model = load_cost_model(args.cost_model)
-        plan, plan_doc = _plan(args.plan)
-        diagram = capture_model(args.model, args.batch, args.seq, args.dtype)
-        if plan_doc and plan_doc.get("diagram_hash") not in (None, diagram.hash):
-            raise UserError(f"plan {args.plan} was made for diagram {plan_doc['diagram_hash']}, "
-                            f"not this one ({diagram.hash}); use the same model, batch, seq, dtype")
-        try:
-            priced = cost_model.predict_plan(diagram, hw, plan)
-        except ValueError as e:
-            raise UserError(f"plan {args.plan} does not apply to {args.model}: {e}") from None
-        result = prediction_dict(priced, diagram, args)
+        plan, plan_doc = (Plan(), None) if args.plan == "eager" else load_plan_file(args.plan)
+        result = api.predict(cost_model, args.model, hw, batch=args.batch, seq=args.seq,
+                             dtype=args.dtype, plan=plan, plan_doc=plan_doc, plan_name=args.plan)
         print(json.dumps(result, indent=1) if args.json else _prediction_text(result, args.top))
-        for warning in priced.warnings:
+        for warning in result["warnings"]:
             print(f"warning: {warning}", file=sys.stderr)
         return 0
+
+    from costmodel.ir.zoo import capture_model
 
     diagram = capture_model(args.model, args.batch, args.seq, args.dtype)
     if args.json:
@@ -203,38 +207,6 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def _plan(spec: str):
-    from costmodel.plan import Plan, load_plan_file
-
-    if spec == "eager":
-        return Plan(), None
-    return load_plan_file(spec)
-
-
-def prediction_dict(priced, diagram, args) -> dict:
-    """The JSON contract of `costmodel predict --json`."""
-    return {
-        "model": diagram.name,
-        "target": priced.target,
-        "batch": args.batch,
-        "seq": args.seq,
-        "dtype": args.dtype,
-        "plan": args.plan,
-        "cost_model": priced.cost_model,
-        "diagram_hash": diagram.hash,
-        "total_ms": priced.total_ms,
-        "kernels_ms": priced.kernels_ms,
-        "overhead_ms": priced.overhead_ms,
-        "warnings": list(priced.warnings),
-        "kernels": len(priced.kernels),
-        "subdiagrams": [
-            {**k.subdiagram.to_dict(), "predicted_ms": k.ms, "spread": k.spread,
-             "config": None if k.config is None else vars(k.config)}
-            for k in priced.kernels
-        ],
-    }
-
-
 def _prediction_text(result: dict, top: int) -> str:
     lines = [f"{result['model']} batch {result['batch']} seq {result['seq']} {result['dtype']} on "
              f"{result['target']} ({result['plan']} plan, {result['cost_model']}): "
@@ -249,12 +221,12 @@ def _prediction_text(result: dict, top: int) -> str:
 
 def _learn(args) -> int:
     import dataclasses
-    import time
 
-    from costmodel.dataset import DATASETS_DIR, RELEASES_DIR
-    from costmodel.gnn import DEFAULT_POINTER, GNNConfig
-    from costmodel.loader import fingerprint
-    from costmodel.train import checkpoint_name, train, training_graphs
+    from costmodel.data.schema import DATASETS_DIR, RELEASES_DIR
+    from costmodel.models.gbdt import GBDTConfig
+    from costmodel.models.gnn import GNNConfig
+    from costmodel.models.registry import CHECKPOINTS
+    from costmodel.models.train import train_checkpoint, training_graphs
 
     data = Path(args.data) if args.data else _newest_release(RELEASES_DIR)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("members", args.members),
@@ -264,29 +236,18 @@ def _learn(args) -> int:
     if args.guards in ("off", "clamp"):
         overrides["correction"] = None
     cfg = dataclasses.replace(GNNConfig(seed=args.seed), **overrides)
-    graphs = training_graphs(data, DATASETS_DIR / "cache")
     if args.command == "train":
-        start = time.perf_counter()
-        from costmodel.cost import Composition
-        from costmodel.evaluate import model_workloads, workload_sums
-
-        model = train(graphs, cfg, trained_on={
-            "data": data.name, "fingerprint": fingerprint(data),
-            "hardware": sorted({g.hardware for g in graphs}), "examples": len(graphs)})
-        # How kernels add up to a whole model, from the whole-model measurements in the data.
-        model.composition = Composition.fit(*workload_sums(lambda gs: model.predict_ln(gs)[0],
-                                                           model_workloads(data)))
-        out = Path(args.out) if args.out else Path(__file__).resolve().parent / "checkpoints"
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / checkpoint_name(cfg, fingerprint(data))
-        model.save(path)
-        if args.make_default:
-            (out / DEFAULT_POINTER).write_text(path.name + "\n")
-        print(f"trained on {len(graphs)} kernels from {data} in {time.perf_counter() - start:.0f} s; "
-              f"whole model = {model.composition.a:.3f} x kernels + {model.composition.b * 1e3:.1f} us "
-              f"x launches; saved {path}")
+        if args.model == "gbdt":
+            cfg = GBDTConfig(seed=args.seed)
+        model, path, seconds = train_checkpoint(args.model, data, cfg,
+                                                Path(args.out) if args.out else CHECKPOINTS,
+                                                make_default=args.make_default)
+        print(f"trained a {args.model} on {model.trained_on['examples']} kernels from {data} in "
+              f"{seconds:.0f} s; whole model = {model.composition.a:.3f} x kernels + "
+              f"{model.composition.b * 1e3:.1f} us x launches; saved {path}")
         return 0
-    from costmodel.evaluate import (
+    graphs = training_graphs(data, DATASETS_DIR / "cache")
+    from costmodel.models.evaluate import (
         format_ranking_table,
         format_table,
         leave_one_gpu_out,
@@ -340,7 +301,7 @@ def _serve(args) -> int:
 
 def _measure(args) -> int:
     from costmodel import measure
-    from costmodel.dataset import DATA_DIR
+    from costmodel.data.schema import DATA_DIR
 
     root = Path(args.root or DATA_DIR)
     if args.command == "measure":
@@ -377,12 +338,12 @@ def _measure(args) -> int:
 
 
 def _dataset(args) -> int:
-    from costmodel import release as rel
-    from costmodel.dataset import DATA_DIR, RELEASES_DIR
+    from costmodel.data import release as rel
+    from costmodel.data.schema import DATA_DIR, RELEASES_DIR
 
     root = Path(getattr(args, "root", None) or DATA_DIR)
     if args.action == "import":
-        from costmodel.importers import run_import
+        from costmodel.data.importers import run_import
 
         counts = run_import(args.source, args.path, root=root)
         print(", ".join(f"{table} {n}" for table, n in counts.items()))

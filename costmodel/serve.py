@@ -5,8 +5,9 @@
     POST /predict                 {"model", "target", "batch"?, "seq"?, "dtype"?, "plan"?: [decisions]}
     POST /predict/diagram         {"diagram": <costmodel diagram --json>, "target", "plan"?}
 
-A bad request gets a 4xx with {"error": "..."} saying what was wrong; the server keeps
-serving. Captured diagrams are cached (a capture takes seconds, a prediction milliseconds).
+Both predictions answer with `costmodel.api.prediction`'s JSON, the shape `costmodel predict
+--json` prints (warnings and spreads included). A bad request gets a 4xx with {"error": "..."}
+saying what was wrong; the server keeps serving. Captured diagrams are cached (a capture takes seconds, a prediction milliseconds).
 Requests run on threads; capture and prediction are serialised by one lock (torch.export is not
 thread-safe), so concurrent requests queue rather than fail.
 """
@@ -18,11 +19,12 @@ from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from costmodel.cost import CostModel, load_cost_model
-from costmodel.diagram import Diagram
+from costmodel import api
 from costmodel.errors import UserError
 from costmodel.hardware import list_profiles, load_profile
-from costmodel.plan import Plan
+from costmodel.ir.diagram import Diagram
+from costmodel.ir.plan import Plan
+from costmodel.models import CostModel, load_cost_model
 
 MAX_BODY = 64 * 2**20  # bytes; a posted bert-large diagram is about 1 MB
 
@@ -43,7 +45,7 @@ class Service:
         self._cache_size = cache_size
 
     def diagram(self, model: str, batch: int, seq: int, dtype: str) -> Diagram:
-        from costmodel.zoo import capture_model
+        from costmodel.ir.zoo import capture_model
 
         key = (model, batch, seq, dtype)
         if key in self._diagrams:
@@ -61,32 +63,31 @@ class Service:
         batch = _field(body, "batch", int, 1)
         seq = _field(body, "seq", int, 128)
         dtype = _field(body, "dtype", str, "fp32")
+        plan = self._plan(body)
         with self.lock:
             hw = load_profile(target)
+            hw.peak(dtype)
             diagram = self.diagram(model, batch, seq, dtype)
-            return self._price(diagram, hw, body, {"batch": batch, "seq": seq, "dtype": dtype})
+            return api.prediction(api.price(self.cost_model, diagram, hw, plan), diagram,
+                                  plan="posted" if plan.decisions else "eager")
 
     def predict_diagram(self, body: dict) -> dict:
         doc = _field(body, "diagram", dict)
         target = _field(body, "target", str)
+        plan = self._plan(body)
         try:
             diagram = Diagram.from_dict(doc)
         except ValueError as e:
             raise BadRequest(400, str(e)) from None
         with self.lock:
-            return self._price(diagram, load_profile(target), body, dict(diagram.meta))
+            return api.prediction(api.price(self.cost_model, diagram, load_profile(target), plan),
+                                  diagram, plan="posted" if plan.decisions else "eager")
 
-    def _price(self, diagram: Diagram, hw, body: dict, info: dict) -> dict:
-        decisions = _field(body, "plan", list, [])
+    def _plan(self, body: dict) -> Plan:
         try:
-            plan = Plan.from_list(decisions)
-            priced = self.cost_model.predict_plan(diagram, hw, plan)
-        except (ValueError, TypeError) as e:
+            return Plan.from_list(_field(body, "plan", list, []))
+        except ValueError as e:
             raise BadRequest(400, f"plan does not apply: {e}") from None
-        return {"model": diagram.name, "target": priced.target, "cost_model": priced.cost_model,
-                "diagram_hash": diagram.hash, "total_ms": priced.total_ms,
-                **{k: v for k, v in info.items() if k in ("batch", "seq", "dtype")},
-                "subdiagrams": [{**k.subdiagram.to_dict(), "predicted_ms": k.ms} for k in priced.kernels]}
 
     def targets(self) -> dict:
         out = []

@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @functools.lru_cache(maxsize=None)
 def captured(model: str, batch: int = 2, seq: int = 64, dtype: str = "fp32"):
     """Zoo captures shared across tests (a capture takes a second or two)."""
-    from costmodel.zoo import capture_model
+    from costmodel.ir.zoo import capture_model
 
     return capture_model(model, batch, seq, dtype)
 

@@ -12,22 +12,19 @@ from typing import ClassVar
 
 import pytest
 
-from autotune import priors
-from autotune.priors import (
-    PRIORS,
+from autotune.priors import PRIORS, HeuristicPrior, NoPrior, Prior, load_prior
+from autotune.priors.heuristic import attention_picks, rank_tiles
+from autotune.priors.llm import (
     Completion,
-    HeuristicPrior,
     LlamaCppProvider,
     LLMPrior,
-    NoPrior,
     OpenAIProvider,
-    Prior,
     Provider,
-    load_prior,
     smollm2_gguf,
 )
-from autotune.space import Param, Space
-from costmodel.cost import Roofline
+from autotune.space import Param, Space, attention_label, tile_label
+from costmodel.ir.plan import KernelConfig
+from costmodel.models.roofline import Roofline
 from costmodel.errors import UserError
 from costmodel.hardware import load_profile
 
@@ -46,17 +43,17 @@ def spaces(capture):
     return get
 
 
-def assert_prior_contract(prior: Prior, space: Space, n: int) -> list[dict[str, str]]:
+def assert_prior_contract(prior: Prior, space: Space, n: int) -> list[dict]:
     """The invariants `Prior` states, checked on one call."""
     before = prior.stats
     out = prior.suggest(space, n)
     stats = prior.stats
     assert len(out) <= n
-    assert len({tuple(sorted(a.items())) for a in out}) == len(out)
+    assert len({tuple(sorted((k, space.param[k].label(v)) for k, v in a.items())) for a in out}) == len(out)
     for a in out:
         space.plan_from(a)
-        assert all(label in {p.name: p for p in space.params}[name].choices
-                   for name, label in a.items())
+        assert all(value in space.param[name].choices for name, value in a.items())
+        assert not any(isinstance(v, str) for v in a.values())  # values, not labels
     for key in ("asked", "returned", "valid", "invalid", "duplicate", "reasons"):
         assert key in stats
     assert stats["asked"] - before["asked"] == n
@@ -116,12 +113,12 @@ class RawPrior(Prior):
 def test_the_base_class_checks_every_candidate(spaces):
     space = spaces("bert-base", "cpu")
     fuse = {p.name: p.choices[-1] for p in space.params}  # all fused: illegal together
-    good = {"ew0.fuse": "1"}
-    prior = RawPrior(["text", {}, {"nope": "1"}, {"ew0.fuse": "2"}, {"ew0.fuse": 1}, fuse,
+    good = {"ew0.fuse": True}
+    prior = RawPrior(["text", {}, {"nope": True}, {"ew0.fuse": "1"}, {"ew0.fuse": 1}, fuse,
                       good, dict(good)])
     assert prior.suggest(space, 4) == [good]
     assert prior.stats["reasons"] == {"not an object": 1, "empty": 1, "unknown param": 1,
-                                      "illegal label": 2, "illegal combination": 1}
+                                      "illegal choice": 2, "illegal combination": 1}
     assert prior.stats["duplicate"] == 1 and prior.stats["returned"] == 8
 
 
@@ -184,7 +181,7 @@ class TestHeuristic(PriorContract):
         for mm in (p for p in fuse if p.name.startswith("mm")):
             for ln in (p for p in fuse if p.name.startswith("ln")):
                 try:
-                    space.plan_from({mm.name: mm.choices[-1], ln.name: "1"})
+                    space.plan_from({mm.name: mm.choices[-1], ln.name: True})
                 except ValueError:
                     conflicts.append((mm.name, ln.name))
         assert conflicts  # the residual add can join its matmul or its layer norm, not both
@@ -195,18 +192,17 @@ class TestHeuristic(PriorContract):
 
     def test_wave_rule(self):
         hw = load_profile("a100")  # 108 SMs
-        labels = ("library", "32x32x32 w4 s3 k1", "64x64x32 w4 s3 k1", "128x128x32 w8 s3 k1",
-                  "128x128x32 w4 s3 k1", "128x128x32 w8 s2 k1", "64x64x32 w4 s3 k4")
+        tiles = (None, KernelConfig(32, 32, 32, 4, 3), KernelConfig(64, 64, 32, 4, 3),
+                 KernelConfig(128, 128, 32, 8, 3), KernelConfig(128, 128, 32, 4, 3),
+                 KernelConfig(128, 128, 32, 8, 2), KernelConfig(64, 64, 32, 4, 3, 4))
         # 108 x 108 tiles of 128 x 128: whole waves and no padding for every tile; the larger
         # wins, with 8 warps and 3 stages.
-        big = _param("mm0.tile", labels, {"kind": "matmul", "gemm": (1, 13824, 13824, 4096),
-                                          "dtype": "fp32"})
-        ranked = priors._rank_tiles(big, hw)
+        big = _param("mm0.tile", "tile", tiles, {"gemm": (1, 13824, 13824, 4096), "dtype": "fp32"})
+        ranked = [tile_label(c) for c in rank_tiles(big, hw)]
         assert ranked[0] == "128x128x32 w8 s3 k1"
         assert "64x64x32 w4 s3 k4" not in ranked  # no split-K: the tiles fill many waves
-        small = _param("mm0.tile", labels, {"kind": "matmul", "gemm": (1, 64, 64, 8192),
-                                            "dtype": "fp32"})
-        ranked = priors._rank_tiles(small, hw)
+        small = _param("mm0.tile", "tile", tiles, {"gemm": (1, 64, 64, 8192), "dtype": "fp32"})
+        ranked = [tile_label(c) for c in rank_tiles(small, hw)]
         assert "64x64x32 w4 s3 k4" in ranked  # one tile, a long K: split-K is offered
         assert ranked.index("32x32x32 w4 s3 k1") < ranked.index("128x128x32 w8 s3 k1")
 
@@ -217,17 +213,17 @@ class TestHeuristic(PriorContract):
         (64, "causal", None),  # one key block: nothing to skip, and too few blocks for a wave
     ])
     def test_attention_rule(self, seq, mask, expected):
-        kinds = ("flash", "flash-skip") if mask == "causal" else ("flash",)
-        labels = ["library"] + [f"{kind} {m}x{n} w{w} s{s}" for kind in kinds
-                                for m, n in ((64, 64), (128, 64)) for w in (4, 8) for s in (1, 2)]
-        p = _param("at0.kernel", labels, {"kind": "attention", "q": (1, 12, seq, 64),
-                                          "k": (1, 12, seq, 64), "mask": mask})
-        got = priors._attention_labels(p, load_profile("a100"))
-        assert (got[0] if got else None) == expected
+        skips = (False, True) if mask == "causal" else (False,)
+        configs = [None] + [KernelConfig(m, n, 64, w, s, 1, skip) for skip in skips
+                            for m, n in ((64, 64), (128, 64)) for w in (4, 8) for s in (1, 2)]
+        p = _param("at0.kernel", "attention", configs, {"q": (1, 12, seq, 64),
+                                                        "k": (1, 12, seq, 64), "mask": mask})
+        got = attention_picks(p, load_profile("a100"))
+        assert (attention_label(got[0]) if got else None) == expected
 
 
-def _param(name, labels, info):
-    return Param(name, "low", tuple(labels), 1, "a kernel", info)
+def _param(name, kind, choices, info):
+    return Param(name, "low", kind, tuple(choices), 1, "a kernel", info)
 
 
 class TestLLMWithAFakeModel(PriorContract):
@@ -247,7 +243,7 @@ class TestLLMWithAFakeModel(PriorContract):
             assert schema["required"] == list(schema["properties"])
             for name, prop in schema["properties"].items():
                 assert len(prop["enum"]) <= 5 and f"- {name}:" in text
-                assert prop["enum"][0] == {p.name: p for p in space.params}[name].choices[0]
+                assert prop["enum"][0] == space.param[name].labels[0]
             named |= set(schema["properties"])
             assert len(text) < 2500  # small models have small contexts
         assert named == {p.name for p in space.params}
@@ -265,13 +261,13 @@ class TestLLMWithAFakeModel(PriorContract):
         assert stats["dropped"]["unparsable"] >= 2
         assert stats["dropped"]["unknown param"] >= 1
         assert stats["dropped"]["illegal label"] >= 2
-        assert {"mm2.fuse": "1"} in out  # the one usable answer, out of prose
+        assert {"mm2.fuse": 1} in out  # the one usable answer, out of prose
         assert stats["returned"] == 3
 
     def test_illegal_combinations_are_dropped_and_counted(self, spaces):
         space = spaces("bert-base", "cpu")
         # Every fusion at once: the residual add cannot join both its matmul and its layer norm.
-        answer = json.dumps({p.name: p.choices[-1] for p in space.params})
+        answer = json.dumps({p.name: p.labels[-1] for p in space.params})
         prior = LLMPrior(ScriptedProvider([answer]))
         out = assert_prior_contract(prior, space, 1)
         assert prior.stats["dropped"]["illegal combination"] >= 1
@@ -279,7 +275,7 @@ class TestLLMWithAFakeModel(PriorContract):
 
     def test_eager_only_answers_are_dropped_as_empty(self, spaces):
         space = spaces("bert-base", "cpu")
-        prior = LLMPrior(ScriptedProvider([json.dumps({p.name: p.choices[0]
+        prior = LLMPrior(ScriptedProvider([json.dumps({p.name: p.labels[0]
                                                         for p in space.params})]))
         assert prior.suggest(space, 1) == [] and prior.stats["reasons"] == {"empty": 1}
 

@@ -15,7 +15,7 @@ from autotune.priors import load_prior
 from autotune.report import layer_groups, render_report, vertex_ms, write_report
 from autotune.search import search
 from autotune.space import Space
-from costmodel.cost import Roofline
+from costmodel.models.roofline import Roofline
 from costmodel.hardware import load_profile
 
 SVG = "{http://www.w3.org/2000/svg}"

@@ -6,9 +6,9 @@ import torch
 from autotune.cli import main
 from autotune.search import Evaluator, search
 from autotune.space import Space
-from costmodel.cost import Roofline
+from costmodel.models.roofline import Roofline
 from costmodel.hardware import load_profile
-from costmodel.plan import Plan
+from costmodel.ir.plan import Plan
 
 
 def test_search_never_worse_than_eager_and_is_seeded(capture):
@@ -79,7 +79,7 @@ def test_suggestions_run_first_and_time_budget_stops(capture):
 
 
 def test_autotune_measure_runs_eager_and_the_plan_here(tmp_path, capsys):
-    from costmodel.dataset import read_table
+    from costmodel.data.shards import read_table
 
     config = tmp_path / "tiny-gpt2.json"
     config.write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",

@@ -1,8 +1,10 @@
 import pytest
 
-from autotune.space import MAX_ACCUMULATORS_PER_THREAD, Space, legal_tiles
+from autotune.space import Space
 from costmodel.hardware import load_profile
-from costmodel.plan import Fuse, KernelConfig, Plan, Tile, epilogue_chain
+from costmodel.ir import rules
+from costmodel.ir.plan import Fuse, KernelConfig, Plan, Tile, check_fusable
+from costmodel.ir.rules import MAX_ACCUMULATORS_PER_THREAD, epilogue_chain, legal_tiles, smem_bytes
 
 
 def test_matmuls_group_into_classes_with_their_epilogues(capture):
@@ -27,11 +29,11 @@ def test_epilogue_stops_at_a_second_reader(capture):
 @pytest.mark.parametrize("target", ["a100", "h100", "t4", "v100", "p4", "l4"])
 def test_legal_tiles_fit_the_target(target):
     hw = load_profile(target)
-    for dtype, element in (("fp32", 4), ("fp16", 2)):
+    for dtype in ("fp32", "fp16"):
         tiles = legal_tiles(hw, dtype)
         assert tiles
         for c in tiles:
-            assert c.smem_bytes(element) <= hw.shared_memory_per_unit
+            assert smem_bytes(c, dtype) <= hw.shared_memory_per_unit
             assert c.num_warps * 32 <= hw.max_threads_per_unit
             assert c.block_m * c.block_n / (c.num_warps * 32) <= MAX_ACCUMULATORS_PER_THREAD
     # A T4 (64 KiB per SM) takes fewer deep pipelines than an H100 (228 KiB).
@@ -75,7 +77,7 @@ def test_params_cover_three_kinds_of_rewrite(capture):
 def test_mask_aware_attention_only_where_the_mask_has_zero_blocks(capture):
     def labels(model):
         space = Space(capture(model, 1, 64), load_profile("h100"))
-        return [c for p in space.params if p.name.startswith("at") for c in p.choices]
+        return [c for p in space.params if p.name.startswith("at") for c in p.labels]
     assert any(c.startswith("flash-skip") for c in labels("gpt2"))  # causal
     assert any(c.startswith("flash-skip") for c in labels("scgpt"))
     assert not any(c.startswith("flash-skip") for c in labels("bert-base"))  # no mask
@@ -83,12 +85,13 @@ def test_mask_aware_attention_only_where_the_mask_has_zero_blocks(capture):
 
 
 def test_skipping_masked_blocks_is_cheaper_for_a_causal_mask(capture):
-    from costmodel.cost import Roofline
+    from costmodel.models.roofline import Roofline
 
     space = Space(capture("gpt2", 1, 512), load_profile("a100"))
     at = next(p for p in space.params if p.name.startswith("at"))
-    full = next(c for c in at.choices if c.startswith("flash 128x64"))
-    skip = full.replace("flash", "flash-skip", 1)
+    full = next(c for c in at.choices if c and c.block_m == 128 and c.block_n == 64 and not c.skip_masked)
+    skip = KernelConfig(**{**full.to_dict(), "skip_masked": True})
+    assert skip in at.choices
     price = [Roofline().predict_plan(space.diagram, space.target, space.plan_from({at.name: c})).total_ms
              for c in (full, skip)]
     assert price[1] < price[0]
@@ -101,17 +104,20 @@ def test_attention_configs_fit_the_target(capture):
         plan = space.plan_from({p.name: p.choices[-1] for p in space.params if p.name.startswith("at")})
         space.check(plan)
         for d in plan.decisions:
-            assert d.config.smem_bytes(4) <= hw.shared_memory_per_unit
+            assert smem_bytes(d.config, "fp32") <= hw.shared_memory_per_unit
 
 
 def test_plan_from_refuses_unknown_and_illegal(capture):
     d = capture("bert-base", 1, 32)
     space = Space(d, load_profile("a100"))
     with pytest.raises(ValueError, match="no parameter"):
-        space.plan_from({"nope": "1"})
+        space.plan_from({"nope": 1})
     p = space.params[0]
     with pytest.raises(ValueError, match="not a legal choice"):
         space.plan_from({p.name: "banana"})
+    with pytest.raises(ValueError, match="not a legal choice"):
+        space.plan_from_labels({p.name: "banana"})
+    assert space.plan_from_labels({p.name: p.labels[-1]}) == space.plan_from({p.name: p.choices[-1]})
     # A residual add taken by a matmul epilogue and by an add + layer norm kernel: the merged
     # kernel would put a layer norm in the matmul's epilogue.
     every = {q.name: q.choices[-1] for q in space.params if q.name.endswith(".fuse")}
@@ -123,8 +129,42 @@ def test_plan_from_refuses_unknown_and_illegal(capture):
 def test_overlapping_groups_merge_into_one_legal_kernel(capture):
     d = capture("gpt2", 1, 32)
     space = Space(d, load_profile("cpu"))
-    every = {q.name: "1" for q in space.params if q.name.startswith("ew")}
+    every = {q.name: True for q in space.params if q.name.startswith("ew")}
     plan = space.plan_from(every)
     space.check(plan)
     members = [v for f in plan.decisions for v in f.vertices]
     assert len(members) == len(set(members))  # no vertex in two kernels
+
+
+@pytest.mark.parametrize("model", ["bert-base", "gpt2", "scgpt"])
+def test_every_group_the_space_proposes_is_one_measurement_times(capture, model):
+    """The space and measurement read one rule book: each fusion group a single decision asks
+    for is a fusion candidate, whose subdiagram measurement times."""
+    from costmodel.measure.variants import sites
+
+    d = capture(model, 1, 64)
+    space = Space(d, load_profile("a100"))
+    measured = {s.subdiagram.hash for s in sites(d)}
+    for p in space.params:
+        if p.kind not in ("epilogue", "fuse"):
+            continue
+        for value in p.choices[1:]:
+            for group in space.groups({p.name: value}):
+                assert d.subdiagram(check_fusable(d, group)).hash in measured, (p.name, value)
+
+
+def test_pointwise_groups_are_floating_point_only():
+    """An integer op (a mask's comparison) is no pointwise kernel measurement times."""
+    import torch
+
+    from costmodel.ir.capture import export_module
+
+    class Masked(torch.nn.Module):
+        def forward(self, x, ids):
+            return (x * 2.0 + 1.0) * (ids > 3).float()
+
+    with torch.device("meta"):
+        _, d = export_module(Masked(), (torch.zeros(4, 8), torch.zeros(4, 8, dtype=torch.long)),
+                             name="masked")
+    for c in rules.fusion_candidates(d):
+        assert all(d.vertex[n].dtype in rules.COMPUTE_DTYPES for n in c.vertices)

@@ -6,13 +6,14 @@ import json
 import pytest
 import torch
 
+from autotune import executor as E
 from autotune import verify as V
 from autotune.space import Space
-from costmodel.dataset import read_table
+from costmodel.data.shards import read_table
 from costmodel.errors import UserError
 from costmodel.hardware import load_profile
-from costmodel.plan import Fuse, KernelConfig, Plan, Tile
-from costmodel.zoo import capture_model
+from costmodel.ir.plan import Fuse, KernelConfig, Plan, Tile
+from costmodel.ir.zoo import capture_model
 
 TINY_BERT = {"architectures": ["BertForSequenceClassification"], "model_type": "bert",
              "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -73,7 +74,7 @@ def test_each_fusion_group_ran_as_one_kernel(verified):
 
 
 def test_record_writes_model_rows_that_read_back(verified, tmp_path):
-    assert V.record(verified, root=tmp_path) == {"written": 3, "skipped": 0}
+    assert V.record(verified, "cpu", root=tmp_path) == {"written": 3, "skipped": 0}
     m = read_table("measurements", tmp_path)
     assert len(m) == 3 and set(m["scope"]) == {"model"} and set(m["source"]) == {"host"}
     assert set(m["diagram_hash"]) == {verified.diagram_hash}
@@ -86,23 +87,23 @@ def test_record_writes_model_rows_that_read_back(verified, tmp_path):
     assert by_plan["eager"] == verified.eager_ms and by_plan["plan"] == verified.plan_ms
     assert verified.diagram_hash in set(read_table("diagrams", tmp_path)["diagram_hash"])
     assert verified.hardware in set(read_table("hardware", tmp_path)["hardware"])
-    from costmodel.evaluate import model_workloads
+    from costmodel.models.evaluate import model_workloads
 
     assert model_workloads(tmp_path) == []  # no per-node kernel rows: nothing to compose, no error
-    assert V.record(verified, root=tmp_path) == {"written": 0, "skipped": 3}  # same run: kept once
+    assert V.record(verified, "cpu", root=tmp_path) == {"written": 0, "skipped": 3}  # same run: kept once
 
 
 def test_plan_hash_is_stable_and_ignores_order():
     a = Plan((Fuse(("x", "y")), Fuse(("u", "v"))))
     b = Plan((Fuse(("u", "v")), Fuse(("x", "y"))))
-    assert V.plan_hash(a) == V.plan_hash(b) != V.plan_hash(Plan())
-    assert len(V.plan_hash(a)) == 16 and int(V.plan_hash(a), 16) >= 0
+    assert a.digest() == b.digest() != Plan().digest()
+    assert len(a.digest()) == 16 and int(a.digest(), 16) >= 0
 
 
 def test_a_vertex_not_in_the_model_is_a_clear_error(tiny):
     path, space = tiny
     matmul = space.classes[0].sites[0][0]
-    with pytest.raises(V.PlanError, match="no vertex 'no_such_vertex'"):
+    with pytest.raises(E.PlanError, match="no vertex 'no_such_vertex'"):
         V.verify_plan(path, 1, SEQ, "fp32", Plan((Fuse((matmul, "no_such_vertex")),)),
                       progress=False)
 
@@ -111,9 +112,9 @@ def test_a_group_that_computes_wrongly_is_named(tiny, monkeypatch):
     path, space = tiny
     plan = first_group(space)
     anchor = plan.decisions[0].vertices[0]
-    monkeypatch.setattr(V, "_compile", lambda module, example: lambda *xs: tuple(
+    monkeypatch.setattr(V, "compile_group", lambda module, example: lambda *xs: tuple(
         t + 1 for t in module(*xs)))
-    with pytest.raises(V.PlanError, match=rf"fusion group {anchor}\+.*differs from eager"):
+    with pytest.raises(E.PlanError, match=rf"fusion group {anchor}\+.*differs from eager"):
         V.verify_plan(path, 1, SEQ, "fp32", plan, progress=False)
 
 
@@ -124,8 +125,8 @@ def test_a_group_that_does_not_compile_is_named(tiny, monkeypatch):
     def broken(module, example):
         raise RuntimeError("no kernel for you")
 
-    monkeypatch.setattr(V, "_compile", broken)
-    with pytest.raises(V.PlanError, match=rf"{plan.decisions[0].vertices[0]}.*inductor failed: "
+    monkeypatch.setattr(V, "compile_group", broken)
+    with pytest.raises(E.PlanError, match=rf"{plan.decisions[0].vertices[0]}.*inductor failed: "
                                           "RuntimeError: no kernel for you"):
         V.verify_plan(path, 1, SEQ, "fp32", plan, progress=False)
 
@@ -139,16 +140,16 @@ def test_a_group_that_leaves_and_comes_back_is_refused():
     gm = torch.export.export(Net(), (torch.randn(4, 4), torch.randn(4, 4))).graph_module
     names = [n.name for n in gm.graph.nodes if n.op == "call_function"]
     matmul, add = names[0], names[-1]
-    with pytest.raises(V.PlanError, match="leaves a group and comes back"):
-        V._partition(gm, [((matmul, add), "matmul+add")], torch.device("cpu"))
+    with pytest.raises(E.PlanError, match="leaves a group and comes back"):
+        E.partition(gm, [((matmul, add), "matmul+add")], torch.device("cpu"))
 
 
 def test_build_model_is_seeded_and_leaves_the_global_rng_alone(tiny):
     path = tiny[0]
     state = torch.random.get_rng_state()
-    a, args_a, _ = V.build_model(path, 1, SEQ, "fp32", seed=1)
-    b, args_b, _ = V.build_model(path, 1, SEQ, "fp32", seed=1)
-    c, _, _ = V.build_model(path, 1, SEQ, "fp32", seed=2)
+    a, args_a, _ = E.build_model(path, 1, SEQ, "fp32", seed=1)
+    b, args_b, _ = E.build_model(path, 1, SEQ, "fp32", seed=1)
+    c, _, _ = E.build_model(path, 1, SEQ, "fp32", seed=2)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert not a.training and torch.equal(args_a[0], args_b[0])
     assert args_a[0].shape == (1, SEQ) and int(args_a[0].max()) < TINY_BERT["vocab_size"]
@@ -163,23 +164,23 @@ def test_bad_repeats_are_refused(tiny):
 
 
 def test_a_device_that_is_not_here_is_a_clear_error(tiny):
-    with pytest.raises(UserError, match="cpu or cuda, not 'mps'"):
-        V.verify_plan(tiny[0], 1, SEQ, "fp32", Plan(), device="mps", progress=False)
+    with pytest.raises(UserError, match="cpu, cuda or fake, not 'mps'"):
+        V.verify_plan(tiny[0], 1, SEQ, "fp32", Plan(), runner="mps", progress=False)
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match=r"torch.cuda.is_available\(\) is False"):
-            V.verify_plan(tiny[0], 1, SEQ, "fp32", Plan(), device="cuda", progress=False)
+            V.verify_plan(tiny[0], 1, SEQ, "fp32", Plan(), runner="cuda", progress=False)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_the_plan_runs_on_the_gpu(tiny, tmp_path):
     path, space = tiny
     v = V.verify_plan(path, 4, SEQ, "fp32", epilogues(space), repeats=5, warmup=2,
-                      device="cuda", progress=False)
+                      runner="cuda", progress=False)
     assert v.device.startswith("cuda") and v.ok and v.compiled.error is None
     assert len(v.kernels) > 0 and all(k.max_abs_error <= v.tolerance for k in v.kernels)
     for result in (v.eager, v.planned, v.compiled):
         assert result.repeats == 5 and 0 < result.min_ms <= result.runtime_ms
-    assert V.record(v, root=tmp_path) == {"written": 3, "skipped": 0}
+    assert V.record(v, "cuda", root=tmp_path) == {"written": 3, "skipped": 0}
     m = read_table("measurements", tmp_path)
     assert set(m["source"]) == {"cuda"} and m["driver_version"].notna().all()
     assert set(m["hardware"]) == {v.hardware} and v.hardware != "cpu"
@@ -197,7 +198,7 @@ def test_inputs_that_are_not_tensors_are_folded_into_the_compile(monkeypatch):
         return module
 
     monkeypatch.setattr(torch._inductor, "compile", inductor)
-    fn = V._compile(gm, [torch.ones(2), False, 3])
+    fn = E.compile_group(gm, [torch.ones(2), False, 3])
     assert seen == [[torch.Tensor]]
     assert torch.equal(fn(torch.ones(2), False, 3)[0], torch.full((2,), 3.0))
     assert len([n for n in gm.graph.nodes if n.op == "placeholder"]) == 3  # the original is kept

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from autotune.whatif import WhatIf, format_table, whatifs
-from costmodel.cost import Roofline
-from costmodel.zoo import HF_ZOO, capture_model
+from costmodel.models.roofline import Roofline
+from costmodel.ir.zoo import HF_ZOO, capture_model
 
 # At 1x64 the roofline prices the K/V projections as one wave of tiles whatever their width
 # (a GEMM too small to fill the GPU), so GQA saves nothing there; at 256 tokens they take waves.

@@ -20,9 +20,9 @@ from optuna.trial import TrialState
 
 from autotune.search import Evaluator, search
 from autotune.space import Space
-from costmodel.cost import Roofline
+from costmodel.models.roofline import Roofline
 from costmodel.hardware import load_profile
-from costmodel.plan import Plan
+from costmodel.ir.plan import Plan
 
 ATTRS = {"model": "bert-base", "batch": 1, "seq": 32, "dtype": "fp32", "target": "a100",
          "cost_model": "roofline"}

@@ -1,0 +1,14 @@
+"""Cost models: what a kernel costs on a target, in milliseconds.
+
+    base       CostModel (the contract), KernelCost, PlanCost, Composition
+    roofline   the analytical baseline
+    features   a kernel as a PyG graph; learned   what learned models share
+    gnn, gbdt  the learned models; train, examples, evaluate: how they learn and are scored
+    registry   load_cost_model("gnn" | "gbdt" | "roofline" | PATH)
+"""
+from costmodel.models.base import Composition, CostModel, KernelCost, PlanCost
+from costmodel.models.registry import COST_MODELS, default_checkpoint, load_cost_model
+from costmodel.models.roofline import Roofline
+
+__all__ = ["COST_MODELS", "Composition", "CostModel", "KernelCost", "PlanCost", "Roofline",
+           "default_checkpoint", "load_cost_model"]

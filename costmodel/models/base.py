@@ -1,0 +1,126 @@
+"""The cost-model contract: price kernels (subdiagrams with a kernel config) on a hardware
+target, in milliseconds, and the values a price comes back as.
+
+`CostModel` is the plug-in point: `predict / update / save / load` (the TVM meta_schedule life
+cycle). Implementations live beside it (`roofline`, `gnn`, `gbdt`); `registry` resolves a name.
+This module imports none of them.
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from costmodel.hardware import HardwareProfile, load_profile
+from costmodel.ir.diagram import Diagram, Subdiagram
+from costmodel.ir.plan import KernelConfig, Plan
+
+@dataclass(frozen=True)
+class KernelCost:
+    subdiagram: Subdiagram
+    config: KernelConfig | None
+    ms: float
+    spread: float = 0.0  # the prediction's uncertainty: std of ln(ms) over an ensemble
+
+
+@dataclass(frozen=True)
+class PlanCost:
+    """The price of a plan: one entry per kernel, what running them back to back adds (learned
+    from whole-model measurements; 0 for the roofline), and the total in milliseconds."""
+
+    target: str
+    cost_model: str
+    kernels: tuple[KernelCost, ...]
+    overhead_ms: float = 0.0
+    warnings: tuple[str, ...] = ()  # e.g. a target far outside the hardware a model learned from
+
+    @property
+    def kernels_ms(self) -> float:
+        return float(sum(k.ms for k in self.kernels))
+
+    @property
+    def total_ms(self) -> float:
+        return self.kernels_ms + self.overhead_ms
+
+
+@dataclass(frozen=True)
+class Composition:
+    """Whole-model time from kernel times: a * sum(kernel ms) + b * kernels launched, fitted on
+    measured whole models (what eager execution costs between and around kernels)."""
+
+    a: float = 1.0
+    b: float = 0.0
+
+    @classmethod
+    def fit(cls, totals: np.ndarray, launches: np.ndarray, measured: np.ndarray) -> Composition:
+        if len(measured) < 2:
+            return cls()
+        # Relative least squares: each workload counts the same whatever its size.
+        X = np.stack([totals, launches], axis=1) / measured[:, None]
+        (a, b), *_ = np.linalg.lstsq(X, np.ones(len(measured)), rcond=None)
+        return cls(max(float(a), 0.0), max(float(b), 0.0))
+
+    def __call__(self, totals: np.ndarray, launches: np.ndarray) -> np.ndarray:
+        return self.a * totals + self.b * launches
+
+
+class CostModel(abc.ABC):
+    """Predicts kernel runtimes on a target.
+
+    Invariants every implementation keeps (tests/costmodel/test_cost.py checks them):
+    - `predict` returns a float64 array with one finite, positive time in milliseconds per
+      subdiagram, in the order given; it changes no state, so equal inputs give equal outputs;
+    - `configs`, when given, has one entry per subdiagram (None: the library's own choice);
+    - `save` then `load` gives a model with equal predictions.
+    """
+
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    def predict(self, subdiagrams: Sequence[Subdiagram], target: HardwareProfile | str,
+                configs: Sequence[KernelConfig | None] | None = None) -> np.ndarray:
+        """Milliseconds per subdiagram."""
+
+    @staticmethod
+    def _configs(subdiagrams: Sequence[Subdiagram],
+                 configs: Sequence[KernelConfig | None] | None) -> list[KernelConfig | None]:
+        """`configs` checked to line up with `subdiagrams` (None: the library's choice for all)."""
+        out = list(configs) if configs is not None else [None] * len(subdiagrams)
+        if len(out) != len(subdiagrams):
+            raise ValueError(f"{len(out)} configs for {len(subdiagrams)} subdiagrams")
+        return out
+
+    def plan_total(self, kernels_ms: float, launches: int) -> float:
+        """Whole-plan time from the sum of its kernel times and the kernels launched (a learned
+        model adds what eager execution costs between kernels; the roofline adds nothing)."""
+        return kernels_ms
+
+    def update(self, examples: Sequence) -> None:
+        """Learn from measured (subdiagram, target, config, ms) examples."""
+        raise NotImplementedError(f"the {self.name} cost model does not learn")
+
+    @abc.abstractmethod
+    def save(self, path: str | Path) -> None: ...
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, path: str | Path) -> CostModel: ...
+
+    def predict_model(self, model: str, batch: int, seq: int, target: HardwareProfile | str,
+                      dtype: str = "fp32", plan: Plan | None = None) -> PlanCost:
+        """Capture a zoo model or Hugging Face config.json and price `plan` (default eager)."""
+        from costmodel.ir.zoo import capture_model  # torch.export: loaded when first needed
+
+        return self.predict_plan(capture_model(model, batch, seq, dtype), target, plan)
+
+    def predict_plan(self, diagram: Diagram, target: HardwareProfile | str,
+                     plan: Plan | None = None) -> PlanCost:
+        """Price `plan` (default: eager, one kernel per op) on `target`."""
+        hw = load_profile(target) if isinstance(target, str) else target
+        kernels = (plan or Plan()).kernels(diagram)
+        ms = self.predict([k.subdiagram for k in kernels], hw, [k.config for k in kernels])
+        return PlanCost(hw.name, self.name, tuple(
+            KernelCost(k.subdiagram, k.config, float(t)) for k, t in zip(kernels, ms)))

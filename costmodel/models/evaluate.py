@@ -1,0 +1,428 @@
+"""Evaluation protocols: the GNN and its baselines, side by side, on data they did not train on.
+
+Baselines:
+- roofline: `costmodel.models.roofline.Roofline`, no training;
+- gbdt: `costmodel.models.gbdt`, gradient-boosted trees on flat per-kernel features (the approach
+  of TVM's XGBoost cost model), predicting ln(ms) less the roofline's ln(ms), as the GNN does.
+
+Metrics: MAPE (mean of |predicted - measured| / measured), and for ranking Kendall's tau and
+top-k error ((best measured among the model's top k - true best) / true best), as in TpuGraphs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch_geometric.data import Data
+
+from costmodel.data.loader import hardware_profiles
+from costmodel.data.shards import read_table
+from costmodel.ir.diagram import Diagram, Subdiagram
+from costmodel.ir.plan import KernelConfig, eager_partition
+from costmodel.models.base import Composition
+from costmodel.models.features import to_data
+from costmodel.models.gbdt import GBDTConfig, GBDTCostModel, roofline_ln
+from costmodel.models.gnn import GNNConfig
+from costmodel.models.train import train
+
+# Vertices of a repeated transformer block (NeuSight's graphs hold block 0 of `num_layer`).
+LAYER = re.compile(r"\.(layer|layers|h|block|blocks)\.\d+(\.|$)")
+
+
+def mape(pred_ms: np.ndarray, true_ms: np.ndarray) -> float:
+    return float(np.mean(np.abs(pred_ms - true_ms) / true_ms))
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    """Kendall's tau-a between two orderings of the same items."""
+    n = len(a)
+    concordant = discordant = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            s = (a[i] - a[j]) * (b[i] - b[j])
+            concordant += s > 0
+            discordant += s < 0
+    pairs = n * (n - 1) / 2
+    return (concordant - discordant) / pairs if pairs else float("nan")
+
+
+def top_k_error(pred: Sequence[float], true: Sequence[float], k: int) -> float:
+    """(best measured among the k predicted fastest - true best) / true best."""
+    order = np.argsort(pred)[:k]
+    best = min(true)
+    return (min(true[i] for i in order) - best) / best
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A whole model measured end to end (NeuSight's e2e latency) and the kernels of its graph:
+    `graphs[i]` runs `repeats[i]` times (once, or once per transformer block)."""
+
+    name: str
+    hardware: str
+    measured_ms: float
+    graphs: tuple[Data, ...]
+    repeats: tuple[int, ...]
+    diagram_hash: str = ""
+
+    @property
+    def family(self) -> str:
+        """The model family: NeuSight's workload name up to its first '-' (bert_large, gpt3_xl)."""
+        return self.name.split("-")[0]
+
+
+def model_workloads(data: str | Path) -> list[Workload]:
+    """Eager whole-model measurements whose graph is in the data, each with the kernels of its
+    graph: one per compute vertex (the per-vertex kernel rows measured on that GPU name them),
+    repeated `num_layer` times for vertices of the transformer block. Fused runs are left out:
+    their kernels are not the graph's."""
+    m = read_table("measurements", data)
+    m = m[m["diagram_hash"].notna()]
+    extra = m["extra_json"].map(lambda e: json.loads(e) if isinstance(e, str) else {})
+    models = m[(m["scope"] == "model") & m["runtime_ms"].notna() & ~extra.map(lambda e: bool(e.get("fusion")))]
+    nodes = m[(m["scope"] == "kernel") & extra.map(lambda e: "fx_node" in e)]
+    node_of = extra[nodes.index].map(lambda e: e["fx_node"])
+    v = read_table("vertices", data, columns=["diagram_hash", "vertex", "kind", "module", "source"])
+    vertex = {(r.diagram_hash, r.vertex): (r.kind, r.module) for r in v.itertuples()}
+    subs = read_table("subdiagrams", data, columns=["subdiagram_hash", "diagram_hash", "subdiagram_json"])
+    records = dict(zip(subs["subdiagram_hash"], subs["subdiagram_json"]))
+    profiles = hardware_profiles(data)
+    kernels: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for row, node in zip(nodes.itertuples(), node_of):
+        kind, module = vertex.get((row.diagram_hash, node), ("free", ""))
+        if kind != "free" and row.subdiagram_hash in records:
+            kernels[(row.diagram_hash, row.hardware)].append((row.subdiagram_hash, module))
+    built: dict[str, Subdiagram] = {}
+    out = []
+    for row in models.itertuples():
+        info = json.loads(row.extra_json)
+        hw = profiles.get(row.hardware)
+        here = kernels.get((row.diagram_hash, row.hardware))
+        if hw is None or not here:
+            continue
+        layers = int(info.get("num_layer") or 1)
+        graphs = []
+        for h, _ in here:
+            if h not in built:
+                built[h] = Subdiagram.from_record(json.loads(records[h]))
+            graphs.append(to_data(built[h], hw))
+        out.append(Workload(info.get("workload", row.diagram_hash), row.hardware, row.runtime_ms,
+                            tuple(graphs), tuple(layers if LAYER.search(mod) else 1 for _, mod in here),
+                            row.diagram_hash))
+    return out
+
+
+def workload_sums(ln_fn: Callable[[Sequence[Data]], np.ndarray],
+                   workloads: Sequence[Workload]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    totals, launches, measured = [], [], []
+    for w in workloads:
+        ms = np.exp(ln_fn(list(w.graphs)))
+        totals.append(float(np.dot(ms, w.repeats)))
+        launches.append(float(sum(w.repeats)))
+        measured.append(w.measured_ms)
+    return np.array(totals), np.array(launches), np.array(measured)
+
+
+def model_mape(ln_fn: Callable[[Sequence[Data]], np.ndarray], train_w: Sequence[Workload],
+               test_w: Sequence[Workload]) -> float:
+    """Whole-model MAPE on `test_w`, with the composition fitted on `train_w`."""
+    if not test_w:
+        return float("nan")
+    comp = Composition.fit(*workload_sums(ln_fn, train_w))
+    totals, launches, measured = workload_sums(ln_fn, test_w)
+    return mape(comp(totals, launches), measured)
+
+
+@dataclass(frozen=True)
+class Scores:
+    mape: dict[str, float]  # method -> kernel MAPE
+    n: int  # kernels scored
+    model_mape: dict[str, float]  # method -> whole-model MAPE
+    models: int  # whole models scored
+
+
+def score_fold(train_graphs: Sequence[Data], test_graphs: Sequence[Data],
+               train_w: Sequence[Workload], test_w: Sequence[Workload], *,
+               cfg: GNNConfig, progress: bool = False) -> Scores:
+    """Train the GNN and the GBDT on one side, score them and the roofline on the other."""
+    true = np.exp([float(g.y[0]) for g in test_graphs])
+    gnn = train(train_graphs, cfg, progress=progress)
+    gbdt = GBDTCostModel.fit(train_graphs, GBDTConfig(seed=cfg.seed))
+    methods = {"gnn": lambda gs: gnn.predict_ln(gs)[0], "gbdt": lambda gs: gbdt.predict_ln(gs)[0],
+               "roofline": roofline_ln}
+    return Scores({k: mape(np.exp(f(test_graphs)), true) for k, f in methods.items()}, len(test_graphs),
+                  {k: model_mape(f, train_w, test_w) for k, f in methods.items()}, len(test_w))
+
+
+def by_hardware(graphs: Sequence[Data]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(graphs):
+        out[g.hardware].append(i)
+    return dict(out)
+
+
+def leave_one_gpu_out(graphs: Sequence[Data], workloads: Sequence[Workload], *, cfg: GNNConfig,
+                      gpus: Sequence[str] | None = None, progress: bool = True) -> dict[str, Scores]:
+    """Per GPU: train on every other machine's kernels (and fit the whole-model composition on
+    every other GPU's models), score this GPU's kernels and whole models."""
+    groups = by_hardware(graphs)
+    gpus = list(gpus or sorted(h for h in groups if not h.startswith(("cpu", "tpu"))))
+    out = {}
+    for gpu in gpus:
+        held = set(groups[gpu])
+        train_set = [g for i, g in enumerate(graphs) if i not in held]
+        test_set = [graphs[i] for i in sorted(held)]
+        out[gpu] = score_fold(train_set, test_set, [w for w in workloads if w.hardware != gpu],
+                              [w for w in workloads if w.hardware == gpu], cfg=cfg, progress=progress)
+    return out
+
+
+def leave_one_model_out(graphs: Sequence[Data], workloads: Sequence[Workload], *, cfg: GNNConfig,
+                        progress: bool = True) -> dict[str, Scores]:
+    """Per model family: train without any kernel measured in that family's graphs (kernel
+    micro-benchmarks stay: they belong to no model) and fit the composition on the other
+    families; score the family's whole models on every GPU, and its kernels."""
+    out = {}
+    for family in sorted({w.family for w in workloads}):
+        held = {w.diagram_hash for w in workloads if w.family == family}
+        train_set = [g for g in graphs if g.diagram_hash not in held]
+        test_set = [g for g in graphs if g.diagram_hash in held]
+        out[family] = score_fold(train_set, test_set, [w for w in workloads if w.family != family],
+                                 [w for w in workloads if w.family == family], cfg=cfg, progress=progress)
+    return out
+
+
+def format_table(title: str, rows: dict[str, Scores]) -> str:
+    methods = ("gnn", "gbdt", "roofline")
+
+    def pct(x: float) -> str:
+        return "n/a" if math.isnan(x) else f"{100 * x:.1f}%"
+
+    lines = [title, "", "| held out | kernels | " + " | ".join(f"{m} kernel MAPE" for m in methods)
+             + " | models | " + " | ".join(f"{m} model MAPE" for m in methods) + " |",
+             "|---|---:|" + "---:|" * len(methods) + "---:|" + "---:|" * len(methods)]
+    for name, s in rows.items():
+        lines.append(f"| {name} | {s.n} | " + " | ".join(pct(s.mape[m]) for m in methods)
+                     + f" | {s.models} | " + " | ".join(pct(s.model_mape[m]) for m in methods) + " |")
+    return "\n".join(lines)
+
+
+# Ranking: does a model order the configs of one kernel on one machine as they measured?
+
+EAGER = {"compiler": "eager", "fused": False}  # the library's own kernel, or ops one after another
+FUSED = {"compiler": "inductor", "fused": True}  # one torch.compile'd kernel for a fusion group
+
+
+@dataclass(frozen=True)
+class RankGroup:
+    """The configs a tuner chooses among for one kernel (or one set of ops) on one machine.
+
+    `kernels[i]` are the kernels config i launches: a model's time for the config is the sum of
+    its predicted ms over them (a fusion group unfused is its ops' eager kernels). Empty when the
+    features cannot describe the configs (a TpuGraphs layout or tile of a whole XLA program):
+    only the random-order reference is scored then. `exclude`: kernel hashes that a model
+    scored on this group must not have trained on, on `hardware`. `key` is what the split hashes."""
+
+    family: str
+    key: str
+    hardware: str
+    configs: tuple[str, ...]
+    measured_ms: tuple[float, ...]
+    kernels: tuple[tuple[Data, ...], ...] = ()
+    exclude: frozenset[str] = frozenset()
+
+
+def fusion_members(sub: Subdiagram) -> tuple[Subdiagram, ...]:
+    """The eager kernels of a fusion group: one per compute op, cut as from the whole diagram
+    (a kernel's hash depends only on its ops and what they read, so it is the measured one)."""
+    # The group's inputs were produced outside it: without their producers they are plain inputs.
+    props = (*(dataclasses.replace(p, producer=None) for p in sub.inputs), *sub.outputs, *sub.internal)
+    mini = Diagram("group", sub.vertices, props, tuple(p.name for p in sub.inputs),
+                   tuple(p.name for p in sub.outputs))
+    return eager_partition(mini)
+
+
+def ranking_groups(data: str | Path) -> list[RankGroup]:
+    """Every set of configs measured for one kernel on one machine, in three families:
+    - "fusion / HW": a fusion group measured fused (inductor) and unfused (its ops run eagerly
+      one after another, timed together); the model prices unfused as the sum of its ops' eager
+      kernels, fused as the group's kernel;
+    - "tiles / HW": a matmul measured with two or more tile configs (and the library's own
+      kernel where measured);
+    - "SOURCE COLLECTION / HW": config-scope measurements of a whole program (TpuGraphs layouts
+      and tiles), which the kernel features do not describe.
+    A config measured more than once (other software) counts by its median."""
+    m = read_table("measurements", data, columns=[
+        "measurement_id", "scope", "subdiagram_hash", "diagram_hash", "hardware", "kernel_config_json",
+        "runtime_ms", "error", "source"])
+    m = m[m["runtime_ms"].notna() & m["error"].isna() & (m["runtime_ms"] > 0)
+          & m["kernel_config_json"].notna()]
+    subs = read_table("subdiagrams", data, columns=["subdiagram_hash", "subdiagram_json"])
+    records = dict(zip(subs["subdiagram_hash"], subs["subdiagram_json"]))
+    profiles = hardware_profiles(data)
+    eager, fused = json.dumps(EAGER, sort_keys=True), json.dumps(FUSED, sort_keys=True)
+
+    out: list[RankGroup] = []
+    kernels = m[(m["scope"] == "kernel") & m["subdiagram_hash"].notna()]
+    kernels = kernels.assign(config=kernels["kernel_config_json"].map(
+        lambda c: json.dumps(json.loads(c), sort_keys=True)))
+    by_kernel: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for (h, hw_name, c), ms in kernels.groupby(["subdiagram_hash", "hardware", "config"])["runtime_ms"].median().items():
+        by_kernel[(h, hw_name)][c] = ms
+    for (h, hw_name), runs in sorted(by_kernel.items()):
+        hw = profiles.get(hw_name)
+        tiles = {c: t for c in runs if (t := KernelConfig.from_record(c)) is not None}
+        is_fusion = fused in runs and eager in runs
+        is_tiles = bool(tiles) and len(tiles) + (eager in runs) >= 2
+        if hw is None or h not in records or not (is_fusion or is_tiles):
+            continue
+        sub = Subdiagram.from_record(json.loads(records[h]))
+        if is_fusion:
+            members = fusion_members(sub)
+            out.append(RankGroup(f"fusion / {hw_name}", h, hw_name, ("unfused", "fused"),
+                                 (runs[eager], runs[fused]),
+                                 (tuple(to_data(k, hw) for k in members), (to_data(sub, hw),)),
+                                 frozenset({h, *(k.hash for k in members)})))
+        if is_tiles:
+            names = ([eager] if eager in runs else []) + sorted(tiles)
+            out.append(RankGroup(f"tiles / {hw_name}", h, hw_name, tuple(names),
+                                 tuple(runs[c] for c in names),
+                                 tuple((to_data(sub, hw, tiles.get(c)),) for c in names), frozenset({h})))
+    programs = m[m["scope"] == "config"]
+    by_program: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
+    for (src, h, hw_name, c), ms in programs.groupby(
+            ["source", "diagram_hash", "hardware", "kernel_config_json"])["runtime_ms"].median().items():
+        family = f"{src} {json.loads(c).get('collection', 'config')} / {hw_name}"
+        by_program[(family, h, hw_name)][c] = ms
+    for (family, h, hw_name), runs in sorted(by_program.items()):
+        if len(runs) >= 2:
+            names = sorted(runs)
+            out.append(RankGroup(family, h, hw_name, tuple(names), tuple(runs[c] for c in names)))
+    return out
+
+
+def split_groups(groups: Sequence[RankGroup], seed: int = 0) -> tuple[list[RankGroup], list[RankGroup]]:
+    """(training, held-out) halves of each family, by a seeded hash of each group's key: the
+    first ceil(n/2) keys in that order are held out. The same seed gives the same split."""
+    families: dict[str, list[RankGroup]] = defaultdict(list)
+    for g in groups:
+        families[g.family].append(g)
+    train_half, held = [], []
+    for members in families.values():
+        keys = sorted({g.key for g in members}, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).digest())
+        out = set(keys[:math.ceil(len(keys) / 2)])
+        for g in members:
+            (held if g.key in out else train_half).append(g)
+    return train_half, held
+
+
+def random_top_k_error(true: Sequence[float], k: int) -> float:
+    """The expected top-k error of a uniformly random order: the best of k configs drawn
+    without replacement is the i-th fastest with probability C(n-i, k-1) / C(n, k)."""
+    t = np.sort(np.asarray(true, dtype=float))
+    n, k = len(t), min(k, len(t))
+    p = np.array([math.comb(n - i, k - 1) for i in range(1, n + 1)]) / math.comb(n, k)
+    return float(np.dot(p, t) - t[0]) / t[0]
+
+
+@dataclass(frozen=True)
+class RankScores:
+    groups: int  # groups scored
+    configs: tuple[int, int, float]  # configs per group: min, max, mean
+    kendall_tau: dict[str, float]  # method -> mean over groups; nan: the method cannot rank them
+    top1: dict[str, float]  # method -> mean top-1 error (fraction); "random": its expectation
+    top5: dict[str, float]
+
+    def to_dict(self) -> dict:
+        """JSON-ready; a score no method has (nan) is null."""
+        def clean(d: dict[str, float]) -> dict[str, float | None]:
+            return {k: None if math.isnan(v) else v for k, v in d.items()}
+
+        return {"groups": self.groups, "configs_min": self.configs[0], "configs_max": self.configs[1],
+                "configs_mean": self.configs[2], "kendall_tau": clean(self.kendall_tau),
+                "top1_error": clean(self.top1), "top5_error": clean(self.top5)}
+
+
+def score_ranking(groups: Sequence[RankGroup],
+                  methods: dict[str, Callable[[Sequence[Data]], np.ndarray]]) -> dict[str, RankScores]:
+    """Per family: Kendall's tau between each method's predicted and the measured times of a
+    group's configs, and top-1 and top-5 error, averaged over the groups; with the expected
+    top-k error of a random order for reference. `methods` give ln(ms) per kernel graph."""
+    families: dict[str, list[RankGroup]] = defaultdict(list)
+    for g in groups:
+        families[g.family].append(g)
+    out = {}
+    for family, members in sorted(families.items()):
+        scorable = [g for g in members if g.kernels]
+        preds: dict[str, list[np.ndarray]] = {}
+        if scorable:
+            graphs = [k for g in scorable for ks in g.kernels for k in ks]
+            for name, fn in methods.items():
+                ms, start, per_group = np.exp(fn(graphs)), 0, []
+                for g in scorable:
+                    sums = []
+                    for ks in g.kernels:
+                        sums.append(float(ms[start:start + len(ks)].sum()))
+                        start += len(ks)
+                    per_group.append(np.array(sums))
+                preds[name] = per_group
+        tau, top1, top5 = {}, {}, {}
+        for name in methods:
+            p = preds.get(name)
+            if p is None or len(scorable) < len(members):
+                tau[name] = top1[name] = top5[name] = float("nan")
+                continue
+            true = [g.measured_ms for g in members]
+            tau[name] = float(np.mean([kendall_tau(list(x), list(t)) for x, t in zip(p, true)]))
+            top1[name] = float(np.mean([top_k_error(x, t, 1) for x, t in zip(p, true)]))
+            top5[name] = float(np.mean([top_k_error(x, t, 5) for x, t in zip(p, true)]))
+        top1["random"] = float(np.mean([random_top_k_error(g.measured_ms, 1) for g in members]))
+        top5["random"] = float(np.mean([random_top_k_error(g.measured_ms, 5) for g in members]))
+        sizes = [len(g.configs) for g in members]
+        out[family] = RankScores(len(members), (min(sizes), max(sizes), float(np.mean(sizes))),
+                                 tau, top1, top5)
+    return out
+
+
+def ranking(graphs: Sequence[Data], groups: Sequence[RankGroup], *, cfg: GNNConfig,
+            progress: bool = True) -> dict[str, RankScores]:
+    """Hold out half of each family's groups (`split_groups`); train the GNN and the GBDT on
+    every kernel measurement except the held-out groups' (their kernels and, for a fusion group,
+    its ops' eager kernels, on that machine); score the held-out groups' orders."""
+    _, held = split_groups(groups, cfg.seed)
+    excluded = {(h, g.hardware) for g in held for h in g.exclude}
+    train_set = [g for g in graphs if (g.kernel_hash, g.hardware) not in excluded]
+    gnn = train(train_set, cfg, progress=progress)
+    gbdt = GBDTCostModel.fit(train_set, GBDTConfig(seed=cfg.seed))
+    return score_ranking(held, {"gnn": lambda gs: gnn.predict_ln(gs)[0],
+                                "gbdt": lambda gs: gbdt.predict_ln(gs)[0], "roofline": roofline_ln})
+
+
+def format_ranking_table(title: str, rows: dict[str, RankScores]) -> str:
+    methods = ("gnn", "gbdt", "roofline")
+
+    def num(x: float, percent: bool = False) -> str:
+        if math.isnan(x):
+            return "n/a"
+        return f"{100 * x:.1f}%" if percent else f"{x:.2f}"
+
+    def sizes(c: tuple[int, int, float]) -> str:
+        return str(c[0]) if c[0] == c[1] else f"{c[0]}-{c[1]} (mean {c[2]:.0f})"
+
+    head = (["family", "groups", "configs per group"] + [f"{m} tau" for m in methods]
+            + [f"{m} top-1" for m in (*methods, "random")] + [f"{m} top-5" for m in (*methods, "random")])
+    lines = [title, "", "| " + " | ".join(head) + " |", "|---|---:|---:|" + "---:|" * (len(head) - 3)]
+    for name, s in rows.items():
+        cells = ([name, str(s.groups), sizes(s.configs)] + [num(s.kendall_tau[m]) for m in methods]
+                 + [num(s.top1[m], True) for m in (*methods, "random")]
+                 + [num(s.top5[m], True) for m in (*methods, "random")])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""Gradient-boosted trees on flat kernel features (the approach of TVM's XGBoost cost model),
+as a cost model anyone can pick (`--cost-model gbdt`).
+
+Each kernel graph becomes one row: its node features summed and maxed, the hardware descriptors,
+the kernel config and the roofline terms. The trees predict ln(ms) less the roofline's ln(ms), as
+the GNN does, so an unseen target stays anchored to its own peaks and bandwidth.
+
+scikit-learn fits the trees; they are then kept as plain arrays (the nodes of each tree) and
+walked with numpy, so a saved model loads with torch alone and no pickle is ever read.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch_geometric.data import Data
+
+from costmodel.errors import UserError
+from costmodel.models import features
+from costmodel.models.base import Composition
+from costmodel.models.learned import GraphCostModel
+
+
+@dataclass(frozen=True)
+class GBDTConfig:
+    """Frozen training arguments (scikit-learn's HistGradientBoostingRegressor)."""
+
+    max_iter: int = 300  # boosting rounds (fewer when early stopping ends them)
+    learning_rate: float = 0.1
+    seed: int = 0
+
+
+def flat_features(graphs: Sequence[Data]) -> np.ndarray:
+    """One row per kernel: node features summed and maxed, hardware, config, roofline terms."""
+    rows = [torch.cat([g.x.sum(0), g.x.max(0).values, g.hw[0], g.config[0], g.roofline[0]])
+            for g in graphs]
+    return torch.stack(rows).double().numpy() if rows else np.zeros((0, 0))
+
+
+def roofline_ln(graphs: Sequence[Data]) -> np.ndarray:
+    """ln(ms) of the roofline estimate each graph carries."""
+    return np.array([float(features.roofline_ln_ms(g)[0]) for g in graphs])
+
+
+@dataclass(frozen=True)
+class Trees:
+    """The fitted trees as arrays: node i of the forest has `feature[i]`, `threshold[i]`,
+    `left[i]`/`right[i]` (absolute indices), `missing_left[i]`, `leaf[i]` and `value[i]`;
+    tree t starts at node `roots[t]`. A prediction is `baseline` plus the leaf value each tree
+    reaches (numerical splits: go left when x <= threshold, NaN where `missing_left` says)."""
+
+    roots: np.ndarray
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    missing_left: np.ndarray
+    leaf: np.ndarray
+    value: np.ndarray
+    baseline: float
+
+    @classmethod
+    def of(cls, model) -> Trees:
+        """The arrays of a fitted HistGradientBoostingRegressor (numerical features only)."""
+        parts, roots, offset = [], [], 0
+        for (tree,) in model._predictors:
+            nodes = tree.nodes
+            if nodes["is_categorical"].any():
+                raise ValueError("categorical splits are not supported")
+            roots.append(offset)
+            parts.append((nodes, offset))
+            offset += len(nodes)
+        cat = np.concatenate([n for n, _ in parts])
+        shift = np.concatenate([np.full(len(n), o, dtype=np.int64) for n, o in parts])
+        return cls(np.array(roots, dtype=np.int64), cat["feature_idx"].astype(np.int64),
+                   cat["num_threshold"].astype(np.float64),
+                   cat["left"].astype(np.int64) + shift, cat["right"].astype(np.int64) + shift,
+                   cat["missing_go_to_left"].astype(bool), cat["is_leaf"].astype(bool),
+                   cat["value"].astype(np.float64), float(np.ravel(model._baseline_prediction)[0]))
+
+    def predict(self, X: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        out = np.empty(len(X))
+        for start in range(0, len(X), chunk):
+            x = X[start:start + chunk]
+            node = np.broadcast_to(self.roots, (len(x), len(self.roots))).copy()  # (n, trees)
+            rows = np.arange(len(x))[:, None]
+            while not self.leaf[node].all():
+                value = x[rows, self.feature[node]]
+                left = np.where(np.isnan(value), self.missing_left[node], value <= self.threshold[node])
+                step = np.where(left, self.left[node], self.right[node])
+                node = np.where(self.leaf[node], node, step)
+            out[start:start + chunk] = self.baseline + self.value[node].sum(1)
+        return out
+
+    def to_dict(self) -> dict:
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+                for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Trees:
+        return cls(**{k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in d.items()})
+
+
+class GBDTCostModel(GraphCostModel):
+    """Boosted trees predicting the correction to the roofline; no ensemble, so no spread."""
+
+    name = "gbdt"
+
+    def __init__(self, config: GBDTConfig, trees: Trees, n_features: int, *,
+                 trained_on: dict | None = None, composition: Composition = Composition(),
+                 hw_range: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> None:
+        super().__init__(trained_on=trained_on, composition=composition, hw_range=hw_range)
+        self.config = config
+        self.trees = trees
+        self.n_features = n_features
+
+    @classmethod
+    def fit(cls, graphs: Sequence[Data], config: GBDTConfig = GBDTConfig(), *,
+            trained_on: dict | None = None) -> GBDTCostModel:
+        """Fit on `graphs` (each with y = ln ms). The same graphs and config give the same trees."""
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        if not graphs:
+            raise ValueError("no training examples")
+        X = flat_features(graphs)
+        y = np.array([float(g.y[0]) for g in graphs]) - roofline_ln(graphs)
+        model = HistGradientBoostingRegressor(max_iter=config.max_iter,
+                                              learning_rate=config.learning_rate,
+                                              random_state=config.seed).fit(X, y)
+        hw = torch.cat([g.hw for g in graphs])
+        trained_on = {"features_hash": features.code_hash(), **(trained_on or {})}
+        return cls(config, Trees.of(model), X.shape[1], trained_on=trained_on,
+                   hw_range=(tuple(hw.min(0).values.tolist()), tuple(hw.max(0).values.tolist())))
+
+    def predict_ln(self, graphs: Sequence[Data]) -> tuple[np.ndarray, np.ndarray]:
+        if not graphs:
+            return np.zeros(0), np.zeros(0)
+        X = flat_features(graphs)
+        if X.shape[1] != self.n_features:
+            raise UserError(f"this GBDT was trained on {self.n_features} features, these "
+                            f"kernels have {X.shape[1]}: retrain it (costmodel train --model gbdt)")
+        return roofline_ln(graphs) + self.trees.predict(X), np.zeros(len(graphs))
+
+    def save(self, path: str | Path) -> None:
+        torch.save({"cost_model": "gbdt", "config": asdict(self.config),
+                    "trees": self.trees.to_dict(), "n_features": self.n_features,
+                    "trained_on": self.trained_on, "composition": asdict(self.composition),
+                    "hw_range": None if self.hw_range is None else [list(r) for r in self.hw_range]},
+                   Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> GBDTCostModel:
+        doc = torch.load(Path(path), weights_only=True)
+        if doc.get("cost_model") != "gbdt":
+            raise UserError(f"{path} holds a {doc.get('cost_model')!r} model, not a GBDT")
+        rng = doc.get("hw_range")
+        return cls(GBDTConfig(**doc["config"]), Trees.from_dict(doc["trees"]), doc["n_features"],
+                   trained_on=doc["trained_on"], composition=Composition(**doc["composition"]),
+                   hw_range=None if rng is None else (tuple(rng[0]), tuple(rng[1])))

@@ -1,0 +1,46 @@
+import json
+
+from torch_geometric.loader import DataLoader
+
+from costmodel.data.schema import Provenance, measurement_row
+from costmodel.data.shards import ShardWriter
+from costmodel.hardware import load_profile
+from costmodel.data.loader import fingerprint, load_frames
+from costmodel.models.examples import KernelDataset
+
+from .test_shards import write_some
+
+
+def test_frames_and_pyg_examples(tmp_path, capture):
+    write_some(tmp_path / "data", capture, error_at=1)
+    with ShardWriter(tmp_path / "data", source="host") as w:
+        w.add("hardware", {"hardware": "cpu-test", "kind": "cpu", "display_name": "test",
+                           "source": "host", "profile_json": json.dumps(load_profile("a100").to_dict())})
+    frames = load_frames(tmp_path / "data")
+    assert set(frames) >= {"measurements", "subdiagrams", "hardware"}
+    ds = KernelDataset(tmp_path / "cache", data=tmp_path / "data", progress=False)
+    assert len(ds) == 4  # five measurements, one failed
+    assert ds[0].y.shape == (1,) and ds[0].hardware == "cpu-test"
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    assert batch.num_graphs == 4 and batch.hw.shape[0] == 4
+
+
+def test_stale_cache_is_rebuilt(tmp_path, capture):
+    write_some(tmp_path / "data", capture, n=2)
+    with ShardWriter(tmp_path / "data", source="host") as w:
+        w.add("hardware", {"hardware": "cpu-test", "kind": "cpu", "display_name": "t", "source": "host",
+                           "profile_json": json.dumps(load_profile("t4").to_dict())})
+    before = fingerprint(tmp_path / "data")
+    assert len(KernelDataset(tmp_path / "cache", data=tmp_path / "data", progress=False)) == 2
+    d = capture("bert-base", 1, 32)
+    with ShardWriter(tmp_path / "data", source="host") as w:
+        from costmodel.data.schema import subdiagram_row
+        from costmodel.ir.plan import eager_partition
+
+        sub = eager_partition(d)[7]
+        w.add("subdiagrams", subdiagram_row(sub, "host", d.hash))
+        w.add("measurements", measurement_row(Provenance("host", "x", "Apache-2.0"), hardware="cpu-test",
+                                              runtime_ms=2.0, subdiagram_hash=sub.hash, key="new"))
+    assert fingerprint(tmp_path / "data") != before
+    assert len(KernelDataset(tmp_path / "cache", data=tmp_path / "data", progress=False)) == 3
+    assert len(list((tmp_path / "cache" / "processed").glob("kernels-*.pt"))) == 2

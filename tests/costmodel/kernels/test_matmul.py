@@ -1,0 +1,134 @@
+"""The Triton matmul against torch on small shapes, on the CPU through Triton's interpreter."""
+import contextlib
+import importlib
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton", reason="Triton is not installed (pip install triton; see pyproject.toml)")
+
+from costmodel.ir.plan import KernelConfig
+from costmodel.measure import Program
+from costmodel.measure.cuda import CudaRunner
+from costmodel.measure.variants import TRITON_OPS
+
+SMALL = KernelConfig(16, 32, 16, num_warps=4, num_stages=2)
+
+
+@contextlib.contextmanager
+def _defined(interpret: bool):
+    """costmodel.kernels.matmul defined with TRITON_INTERPRET set or not (Triton reads it when a kernel
+    is defined), then defined again as it was, so later tests see the module they expect."""
+    import costmodel.kernels.matmul as module
+
+    before = os.environ.pop("TRITON_INTERPRET", None)
+    if interpret:
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield importlib.reload(module)
+    finally:
+        os.environ.pop("TRITON_INTERPRET", None)
+        if before is not None:
+            os.environ["TRITON_INTERPRET"] = before
+        importlib.reload(module)
+
+
+@pytest.fixture
+def kernels():
+    """The kernels under Triton's interpreter: they run on CPU tensors."""
+    with _defined(True) as module:
+        yield module
+
+
+@pytest.fixture
+def gpu_kernels():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (the interpreter tests above cover the CPU)")
+    with _defined(False) as module:
+        yield module
+
+
+DTYPES = [
+    pytest.param(torch.float32, 1e-4, id="fp32"),
+    pytest.param(torch.float16, 2e-2, id="fp16"),
+    pytest.param(torch.bfloat16, 0, id="bf16", marks=pytest.mark.skip(
+        reason="Triton's interpreter multiplies bfloat16 operands of tl.dot as raw integers "
+               "(triton-lang/triton#11584); bf16 is checked on a GPU only")),
+]
+
+
+def close(out, ref, tol):
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    torch.testing.assert_close(out.float(), ref.float(), atol=tol * max(1.0, ref.abs().max().item()), rtol=tol)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_linear_with_bias(kernels, dtype, tol):
+    x, w, b = (torch.randn(*s).to(dtype) for s in ((3, 5, 40), (24, 40), (24,)))
+    close(kernels.linear(x, w, b, config=SMALL), F.linear(x.float(), w.float(), b.float()).to(dtype), tol)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_addmm_and_mm_with_strided_operands(kernels, dtype, tol):
+    a = torch.randn(37, 45).to(dtype)
+    b = torch.randn(29, 45).to(dtype).t()  # (45, 29), column-major
+    bias = torch.randn(29).to(dtype)
+    ref = (a.float() @ b.float()).to(dtype)
+    close(kernels.mm(a, b, config=SMALL), ref, tol)
+    close(kernels.addmm(bias, a, b, config=SMALL), (a.float() @ b.float() + bias.float()).to(dtype), tol)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_bmm(kernels, dtype, tol):
+    a = torch.randn(4, 20, 33).to(dtype)
+    b = torch.randn(4, 18, 33).to(dtype).transpose(1, 2)
+    close(kernels.bmm(a, b, config=SMALL), torch.bmm(a.float(), b.float()).to(dtype), tol)
+
+
+def test_other_tiles_and_tf32_flag(kernels):
+    a, b = torch.randn(70, 50), torch.randn(50, 90)
+    for cfg in (KernelConfig(32, 16, 32, 8, 3), KernelConfig(64, 64, 16, 4, 4)):
+        close(kernels.matmul(a, b, config=cfg, tf32=True), a @ b, 1e-2)
+
+
+def test_unsupported_calls_raise(kernels):
+    a = torch.randn(8, 8)
+    with pytest.raises(ValueError, match="split_k"):
+        kernels.mm(a, a, config=KernelConfig(16, 16, 16, split_k=2))
+    with pytest.raises(ValueError, match="beta"):
+        kernels.addmm(a, a, a, beta=0.5, config=SMALL)
+    with pytest.raises(ValueError, match="cannot multiply"):
+        kernels.mm(a, torch.randn(9, 8), config=SMALL)
+
+
+def test_serves_the_ops_measurement_sends_it(kernels):
+    assert set(kernels.OPS) == set(TRITON_OPS)
+
+
+def test_a_captured_linear_runs_as_triton(kernels):
+    """The CUDA backend's path: a kernel's own graph node, retargeted to the Triton wrapper."""
+    from costmodel.ir.zoo import export_model
+
+    prog = Program(*export_model("scgpt", 1, 16, "fp32", overrides=dict(n_genes=64, d_model=32, n_heads=2,
+                                                                      n_layers=1, d_ff=32)))
+    [qkv] = [v.name for v in prog.diagram.vertices if v.kind == "matmul" and v.output_shapes[0][-1] == 96]
+    wl = prog.workload([qkv], "cpu")
+    inputs = wl.make_inputs(torch.device("cpu"), torch.Generator().manual_seed(0))
+    fn = wl.with_target(lambda *a, **k: kernels.linear(*a, **k, config=SMALL))
+    close(fn(*inputs), wl.module.forward(*inputs)[0], 1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "tf32", "fp16", "bf16"])
+def test_compiled_on_the_gpu(gpu_kernels, dtype):
+    torch_dtype = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
+                   "bf16": torch.bfloat16}[dtype]
+    a = torch.randn(300, 260, device="cuda").to(torch_dtype)
+    w = torch.randn(200, 260, device="cuda").to(torch_dtype)
+    b = torch.randn(200, device="cuda").to(torch_dtype)
+    ref = F.linear(a.double(), w.double(), b.double())
+    tol = {"fp32": 1e-4, "tf32": 2e-2, "fp16": 2e-2, "bf16": 6e-2}[dtype]
+    for cfg in CudaRunner().tiles(dtype)[:4]:
+        out = gpu_kernels.linear(a, w, b, config=cfg, tf32=dtype == "tf32")
+        close(out.double(), ref, tol)

@@ -1,0 +1,178 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from costmodel.models.base import Composition
+from costmodel.models.gbdt import flat_features
+from costmodel.ir.diagram import Subdiagram
+from costmodel.models.evaluate import (
+    RankGroup,
+    fusion_members,
+    kendall_tau,
+    mape,
+    model_workloads,
+    random_top_k_error,
+    score_ranking,
+    split_groups,
+    top_k_error,
+)
+
+RELEASE = Path(__file__).resolve().parents[3] / "datasets" / "releases" / "0.1"
+
+
+def test_metrics_by_hand():
+    assert mape(np.array([1.1, 0.9]), np.array([1.0, 1.0])) == pytest.approx(0.1)
+    assert kendall_tau([1, 2, 3], [10, 20, 30]) == 1 and kendall_tau([1, 2, 3], [3, 2, 1]) == -1
+    # The model's top pick measured 12 where the best is 10: 20% worse.
+    assert top_k_error([0.1, 0.2, 0.3], [12.0, 10.0, 11.0], 1) == pytest.approx(0.2)
+    assert top_k_error([0.1, 0.2, 0.3], [12.0, 10.0, 11.0], 2) == 0
+
+
+def test_composition_recovers_overheads():
+    rng = np.random.default_rng(0)
+    totals, launches = rng.uniform(10, 1000, 20), rng.integers(100, 1000, 20).astype(float)
+    measured = 1.3 * totals + 0.02 * launches
+    c = Composition.fit(totals, launches, measured)
+    assert (c.a, c.b) == pytest.approx((1.3, 0.02))
+    assert Composition.fit(totals[:1], launches[:1], measured[:1]) == Composition()
+
+
+@pytest.mark.skipif(not RELEASE.is_dir(), reason="release 0.1 is not in this checkout")
+def test_neusight_workloads_are_whole_models():
+    workloads = model_workloads(RELEASE)
+    assert {w.hardware for w in workloads} == {"a100-pcie-40gb", "p100-pcie-16gb", "p4", "t4",
+                                               "v100-pcie-32gb"}
+    bert = next(w for w in workloads if w.name == "bert_large-inf-512-8" and w.hardware == "t4")
+    # 24 blocks of the repeated layer plus the embeddings, pooler and classifier around them.
+    per_block = sum(1 for r in bert.repeats if r == 24)
+    assert per_block >= 10 and sum(bert.repeats) == 24 * per_block + (len(bert.repeats) - per_block)
+    assert flat_features(bert.graphs).shape[0] == len(bert.graphs)
+
+
+def test_leave_one_model_out_keeps_the_family_out_of_training(capture, monkeypatch):
+    import costmodel.models.evaluate as ev
+    from costmodel.models.evaluate import Workload, leave_one_model_out
+    from costmodel.models.gnn import GNNConfig
+
+    from .test_gnn import examples
+
+    graphs = examples(capture)
+    for i, g in enumerate(graphs):
+        g.diagram_hash = ["bert-graph", "gpt-graph", ""][i % 3]
+    workloads = [Workload(f"{fam}-inf-128-1", hw, 1.0, tuple(graphs[:3]), (1, 1, 1), dh)
+                 for fam, dh in (("bert_large", "bert-graph"), ("gpt2_large", "gpt-graph"))
+                 for hw in ("a100", "t4")]
+    seen = []
+
+    def fake_fold(train_set, test_set, train_w, test_w, **kw):
+        seen.append(({g.diagram_hash for g in train_set}, {g.diagram_hash for g in test_set},
+                     {w.family for w in train_w}, {w.family for w in test_w}))
+
+    monkeypatch.setattr(ev, "score_fold", fake_fold)
+    rows = leave_one_model_out(graphs, workloads, cfg=GNNConfig(), progress=False)
+    assert list(rows) == ["bert_large", "gpt2_large"]
+    assert seen[0] == ({"gpt-graph", ""}, {"bert-graph"}, {"gpt2_large"}, {"bert_large"})
+    assert seen[1] == ({"bert-graph", ""}, {"gpt-graph"}, {"bert_large"}, {"gpt2_large"})
+
+
+def test_ranking_metrics_by_hand():
+    assert kendall_tau([0.1, 0.5, 0.2, 0.9], [1, 5, 2, 9]) == 1
+    assert kendall_tau([0.1, 0.5, 0.2, 0.9], [9, 2, 5, 1]) == -1
+    assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)  # 2 of 3 pairs in order
+    # Measured 10, 12, 11: a random pick is 11 on average (10% off); the best of a random
+    # pair is 10, 10 or 11 (1/30 off); every config at once finds the best.
+    true = [10.0, 12.0, 11.0]
+    assert random_top_k_error(true, 1) == pytest.approx(0.1)
+    assert random_top_k_error(true, 2) == pytest.approx(1 / 30)
+    assert random_top_k_error(true, 5) == 0 and top_k_error([3, 2, 1], true, 5) == 0
+
+
+def group(family, key, measured, kernels=()):
+    return RankGroup(family, key, "hw", tuple(f"c{i}" for i in range(len(measured))), tuple(measured),
+                     kernels, frozenset({key}))
+
+
+def test_split_holds_out_half_of_each_family_by_seed():
+    groups = [group("a", f"k{i}", [1, 2]) for i in range(7)] + [group("b", "only", [1, 2])]
+    train, held = split_groups(groups, seed=0)
+    assert sorted(g.family for g in held) == ["a"] * 4 + ["b"]  # ceil(n/2) of each family
+    assert {g.key for g in train}.isdisjoint(g.key for g in held) and len(train) + len(held) == 8
+    assert split_groups(groups, seed=0) == (train, held)
+    assert {g.key for g in split_groups(groups, seed=1)[1]} != {g.key for g in held}
+
+
+def test_score_ranking_sums_a_configs_kernels(capture):
+    """Config 0 runs two kernels, config 1 one: a method's time for a config is their sum."""
+    from .test_gnn import examples
+
+    a, b, c = examples(capture, targets=("a100",))[:3]
+    groups = [group("f", "g1", [5.0, 1.0], ((a, b), (c,))), group("f", "g2", [1.0, 3.0], ((a,), (b, c))),
+              group("tpu", "p", [2.0, 1.0, 4.0])]
+    ms = {id(a): 2.0, id(b): 2.5, id(c): 4.0}  # by hand: g1 is (4.5, 4.0), g2 is (2.0, 6.5)
+
+    def by_hand(graphs):
+        return np.log([ms[id(g)] for g in graphs])
+
+    rows = score_ranking(groups, {"hand": by_hand})
+    f = rows["f"]
+    assert (f.groups, f.configs) == (2, (2, 2, 2.0))
+    assert f.kendall_tau["hand"] == 1 and f.top1["hand"] == 0 and f.top5["hand"] == 0
+    assert f.top1["random"] == pytest.approx((2.0 + 1.0) / 2)  # a coin flip: (5-1)/1 or (3-1)/1
+    # No kernels: the features cannot tell the configs apart; only the random order is scored.
+    tpu = rows["tpu"]
+    assert np.isnan(tpu.kendall_tau["hand"]) and np.isnan(tpu.top1["hand"])
+    assert tpu.top1["random"] == pytest.approx((1.0 + 0.0 + 3.0) / 3)
+    assert tpu.to_dict()["kendall_tau"]["hand"] is None  # JSON null, not NaN
+
+
+def test_fusion_members_are_the_measured_eager_kernels(capture):
+    from costmodel.ir.plan import Fuse, Plan
+
+    d = capture("bert-base", 1, 32)
+    fc1 = [v.name for v in d.vertices if v.kind == "matmul"][4]
+    gelu = next(v.name for v in d.vertices if v.kind == "gelu")
+    fused = next(k.subdiagram for k in Plan((Fuse((fc1, gelu)),)).kernels(d) if len(k.subdiagram.kinds) > 1)
+    # Rebuilt from the group alone (as the dataset stores it), not from the whole diagram.
+    rebuilt = Subdiagram.from_record(fused.to_record())
+    assert [k.hash for k in fusion_members(rebuilt)] == [d.subdiagram([fc1]).hash, d.subdiagram([gelu]).hash]
+
+
+def test_ranking_end_to_end_on_a_fake_gpu(tmp_path):
+    """A one-layer model measured on the fake GPU (seeded roofline-shaped timings): fusion groups
+    and matmul tiles become groups; the held-out half never reaches training."""
+    import costmodel.models.evaluate as ev
+    from costmodel.ir.zoo import export_model
+    from costmodel.measure import measure
+    from costmodel.measure.fake import FakeRunner
+    from costmodel.models.gnn import GNNConfig
+    from costmodel.models.train import training_graphs
+
+    from ..measure.test_measure import TINY
+
+    measure(export_model("scgpt", 1, 16, "fp32", overrides=TINY), target=FakeRunner(),
+            root=tmp_path / "data", progress=False, budget_s=120)
+    graphs = training_graphs(tmp_path / "data", tmp_path / "cache", progress=False)
+    groups = ev.ranking_groups(tmp_path / "data")
+    assert {g.family for g in groups} == {"fusion / a100-sxm4-80gb", "tiles / a100-sxm4-80gb"}
+    tiles = next(g for g in groups if g.family.startswith("tiles"))
+    assert tiles.configs[0] == '{"compiler": "eager", "fused": false}' and len(tiles.configs) > 5
+    cfg = GNNConfig(hidden=8, layers=1, epochs=1, members=1, batch_size=256)
+    _, held = ev.split_groups(groups, cfg.seed)
+    hidden = {(h, g.hardware) for g in held for h in g.exclude}
+    seen = []
+    real = ev.train
+
+    def spy(train_set, *a, **kw):
+        seen.extend((g.kernel_hash, g.hardware) for g in train_set)
+        return real(train_set, *a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ev, "train", spy)
+        rows = ev.ranking(graphs, groups, cfg=cfg, progress=False)
+    assert seen and hidden.isdisjoint(seen)
+    assert set(rows) == {g.family for g in held}
+    for s in rows.values():
+        assert -1 <= s.kendall_tau["gnn"] <= 1 and s.top1["gbdt"] >= 0
+    # The fake GPU times tiles as the roofline prices them (plus 5% noise): it ranks them well.
+    assert rows["tiles / a100-sxm4-80gb"].kendall_tau["roofline"] > 0.5
