@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from costmodel.ir.rules import element_bytes
-
 # Normalised op kinds. "free" ops (views, reshapes, eval-mode dropout) launch no kernel.
 OP_KINDS = (
     "matmul",       # linear, addmm, mm, bmm, matmul, baddbmm
@@ -36,6 +34,24 @@ OP_KINDS = (
     "free",
 )
 MASK_KINDS = ("none", "causal", "padding", "scgpt", "custom")
+COMPUTE_DTYPES = ("fp32", "tf32", "fp16", "bf16")  # tf32: fp32 tensors, TF32 tensor-core math
+TENSOR_DTYPE_BYTES = {"complex128": 16, "float64": 8, "int64": 8, "uint64": 8, "complex64": 8,
+                      "float32": 4, "int32": 4, "uint32": 4, "float16": 2, "bfloat16": 2,
+                      "int16": 2, "uint16": 2, "int8": 1, "uint8": 1, "bool": 1}
+
+
+def element_bytes(dtype: str) -> int:
+    """Bytes of one element of a compute dtype ("fp32" 4, "fp16" 2, ...) or a tensor dtype
+    name ("float32", "int64", ...)."""
+    if dtype in ("fp32", "tf32"):
+        return 4
+    if dtype in ("fp16", "bf16"):
+        return 2
+    if dtype not in TENSOR_DTYPE_BYTES:
+        raise ValueError(f"no size known for dtype {dtype!r}")
+    return TENSOR_DTYPE_BYTES[dtype]
+
+
 
 
 @dataclass(frozen=True)
@@ -68,7 +84,7 @@ class Vertex:
     outputs: tuple[str, ...]
     input_shapes: tuple[tuple[int, ...], ...]
     output_shapes: tuple[tuple[int, ...], ...]
-    dtype: str  # compute dtype: one of rules.COMPUTE_DTYPES, or the tensor dtype for integer/bool ops
+    dtype: str  # compute dtype: one of COMPUTE_DTYPES, or the tensor dtype for integer/bool ops
     flops: int
     read_bytes: tuple[int, ...]  # bytes read from each input (an embedding reads only its rows)
     bytes_written: int

@@ -11,7 +11,8 @@ measurement and by the kernels themselves. One home for each rule:
   computes (counted exactly for causal and scGPT masks);
 - numerics: how far a kernel's output may stray from the reference, per dtype.
 
-Nothing here imports torch or a cost model: these are facts about kernels, not prices.
+Nothing here imports torch or a cost model: these are facts about kernels, not prices. The
+dtype facts are defined beside the IR types (`diagram`) and read from here.
 """
 from __future__ import annotations
 
@@ -21,30 +22,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from costmodel.ir import diagram
+from costmodel.ir.diagram import Diagram, Vertex
+from costmodel.ir.plan import KernelConfig, check_fusable
+
 if TYPE_CHECKING:  # only for annotations: hardware is read by attribute
     from costmodel.hardware.profile import HardwareProfile
-    from costmodel.ir.diagram import Diagram, Vertex
-    from costmodel.ir.plan import KernelConfig
 
 # ---------------------------------------------------------------------------------------------
 # Dtypes
 
-COMPUTE_DTYPES = ("fp32", "tf32", "fp16", "bf16")  # tf32: fp32 tensors, TF32 tensor-core math
-TENSOR_DTYPE_BYTES = {"complex128": 16, "float64": 8, "int64": 8, "uint64": 8, "complex64": 8,
-                      "float32": 4, "int32": 4, "uint32": 4, "float16": 2, "bfloat16": 2,
-                      "int16": 2, "uint16": 2, "int8": 1, "uint8": 1, "bool": 1}
-
-
-def element_bytes(dtype: str) -> int:
-    """Bytes of one element of a compute dtype ("fp32" 4, "fp16" 2, ...) or a tensor dtype
-    name ("float32", "int64", ...)."""
-    if dtype in ("fp32", "tf32"):
-        return 4
-    if dtype in ("fp16", "bf16"):
-        return 2
-    if dtype not in TENSOR_DTYPE_BYTES:
-        raise ValueError(f"no size known for dtype {dtype!r}")
-    return TENSOR_DTYPE_BYTES[dtype]
+# Defined with the IR's types (a vertex's dtype is one of them), read here with every other rule.
+COMPUTE_DTYPES = diagram.COMPUTE_DTYPES
+element_bytes = diagram.element_bytes
 
 
 # Allowed max |out - reference| per compute dtype: atol + rtol * max |reference|. Reordered
@@ -65,6 +55,11 @@ def allowed_error(dtype: str, scale: float) -> float:
 
 EPILOGUE_KINDS = ("add", "mul", "gelu", "activation", "elementwise")  # pointwise op kinds
 MAX_EPILOGUE = 3  # pointwise ops a matmul epilogue may absorb
+# The ATen ops a matmul epilogue absorbs (the Triton matmul runs each as a step), and the steps.
+EPILOGUE_OPS = ("add", "sub", "rsub", "mul", "div", "relu", "leaky_relu", "gelu", "tanh",
+                "sigmoid", "silu", "neg", "exp", "erf")
+EPILOGUE_STEPS = ("add", "sub", "mul", "div", "relu", "leaky_relu", "gelu", "gelu_tanh", "tanh",
+                  "sigmoid", "silu", "neg", "exp", "erf")
 ANCHOR_KINDS = ("matmul", "conv", "attention")  # at most one per kernel
 FUSION_KINDS = ("epilogue", "epilogue-prefix", "residual-norm", "pointwise")
 
@@ -107,9 +102,16 @@ def is_pointwise(v: Vertex) -> bool:
     return v.kind in EPILOGUE_KINDS and v.dtype in COMPUTE_DTYPES
 
 
+def op_base(v: Vertex) -> str:
+    """The ATen base name of a vertex's op: "aten.add.Tensor" -> "add"."""
+    parts = v.op.split(".")
+    return parts[1] if len(parts) >= 3 else parts[-1]
+
+
 def epilogue_chain(diagram: Diagram, matmul: str) -> tuple[str, ...]:
     """Pointwise ops that follow `matmul` one by one, each the only reader of the one before
-    (through free views), with the matmul's output size: what its epilogue can absorb."""
+    (through free views), with the matmul's output size, each one the epilogue absorbs
+    (`EPILOGUE_OPS`): what its epilogue can run."""
     chain: list[str] = []
     current = diagram.vertex[matmul]
     numel = math.prod(current.output_shapes[0])
@@ -118,7 +120,8 @@ def epilogue_chain(diagram: Diagram, matmul: str) -> tuple[str, ...]:
         if len(readers) != 1:
             break
         nxt = diagram.vertex[readers[0]]
-        if not is_pointwise(nxt) or math.prod(nxt.output_shapes[0]) != numel:
+        if not is_pointwise(nxt) or op_base(nxt) not in EPILOGUE_OPS \
+                or math.prod(nxt.output_shapes[0]) != numel:
             break
         chain.append(nxt.name)
         current = nxt
@@ -171,8 +174,6 @@ def fusion_candidates(diagram: Diagram) -> tuple[Candidate, ...]:
     with every prefix of its epilogue chain ("epilogue" for the whole chain, "epilogue-prefix"
     for a shorter one), residual add + layer norm, connected pointwise chains. In diagram order
     of their anchors; a group appears once, under the first kind that finds it."""
-    from costmodel.ir.plan import check_fusable
-
     found: dict[tuple[str, ...], Candidate] = {}
     for v in diagram.vertices:
         if v.kind != "matmul":
@@ -270,8 +271,6 @@ def blocks_per_unit(config: KernelConfig, hw: HardwareProfile, dtype: str) -> in
 def legal_tiles(hw: HardwareProfile | Limits, dtype: str) -> tuple[KernelConfig, ...]:
     """The matmul tiles the space offers on `hw` for `dtype`: the grid, less what cannot
     launch there. Empty off GPUs."""
-    from costmodel.ir.plan import KernelConfig
-
     if hw.kind != "gpu":
         return ()
     grid = itertools.product(BLOCKS, BLOCKS, BLOCK_K, WARPS, STAGES, SPLIT_K)
@@ -283,8 +282,6 @@ def legal_attention(hw: HardwareProfile, dtype: str, head_dim: int, skip: bool
                     ) -> tuple[KernelConfig, ...]:
     """Flash-style attention configs that launch on `hw` for this head dimension (BLOCK_K is
     the head dimension, padded up to a power of two as the kernel loads it)."""
-    from costmodel.ir.plan import KernelConfig
-
     if hw.kind != "gpu":
         return ()
     out = []

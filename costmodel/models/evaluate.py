@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,14 +27,11 @@ from costmodel.data.shards import read_table
 from costmodel.ir.diagram import Diagram, Subdiagram
 from costmodel.ir.plan import KernelConfig, eager_partition
 from costmodel.models.base import Composition
+from costmodel.models.examples import Workload, workload_sums
 from costmodel.models.features import to_data
 from costmodel.models.gbdt import GBDTConfig, GBDTCostModel, roofline_ln
 from costmodel.models.gnn import GNNConfig
 from costmodel.models.train import train
-
-# Vertices of a repeated transformer block (NeuSight's graphs hold block 0 of `num_layer`).
-LAYER = re.compile(r"\.(layer|layers|h|block|blocks)\.\d+(\.|$)")
-
 
 def mape(pred_ms: np.ndarray, true_ms: np.ndarray) -> float:
     return float(np.mean(np.abs(pred_ms - true_ms) / true_ms))
@@ -59,76 +55,6 @@ def top_k_error(pred: Sequence[float], true: Sequence[float], k: int) -> float:
     order = np.argsort(pred)[:k]
     best = min(true)
     return (min(true[i] for i in order) - best) / best
-
-
-@dataclass(frozen=True)
-class Workload:
-    """A whole model measured end to end (NeuSight's e2e latency) and the kernels of its graph:
-    `graphs[i]` runs `repeats[i]` times (once, or once per transformer block)."""
-
-    name: str
-    hardware: str
-    measured_ms: float
-    graphs: tuple[Data, ...]
-    repeats: tuple[int, ...]
-    diagram_hash: str = ""
-
-    @property
-    def family(self) -> str:
-        """The model family: NeuSight's workload name up to its first '-' (bert_large, gpt3_xl)."""
-        return self.name.split("-")[0]
-
-
-def model_workloads(data: str | Path) -> list[Workload]:
-    """Eager whole-model measurements whose graph is in the data, each with the kernels of its
-    graph: one per compute vertex (the per-vertex kernel rows measured on that GPU name them),
-    repeated `num_layer` times for vertices of the transformer block. Fused runs are left out:
-    their kernels are not the graph's."""
-    m = read_table("measurements", data)
-    m = m[m["diagram_hash"].notna()]
-    extra = m["extra_json"].map(lambda e: json.loads(e) if isinstance(e, str) else {})
-    models = m[(m["scope"] == "model") & m["runtime_ms"].notna() & ~extra.map(lambda e: bool(e.get("fusion")))]
-    nodes = m[(m["scope"] == "kernel") & extra.map(lambda e: "fx_node" in e)]
-    node_of = extra[nodes.index].map(lambda e: e["fx_node"])
-    v = read_table("vertices", data, columns=["diagram_hash", "vertex", "kind", "module", "source"])
-    vertex = {(r.diagram_hash, r.vertex): (r.kind, r.module) for r in v.itertuples()}
-    subs = read_table("subdiagrams", data, columns=["subdiagram_hash", "diagram_hash", "subdiagram_json"])
-    records = dict(zip(subs["subdiagram_hash"], subs["subdiagram_json"]))
-    profiles = hardware_profiles(data)
-    kernels: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
-    for row, node in zip(nodes.itertuples(), node_of):
-        kind, module = vertex.get((row.diagram_hash, node), ("free", ""))
-        if kind != "free" and row.subdiagram_hash in records:
-            kernels[(row.diagram_hash, row.hardware)].append((row.subdiagram_hash, module))
-    built: dict[str, Subdiagram] = {}
-    out = []
-    for row in models.itertuples():
-        info = json.loads(row.extra_json)
-        hw = profiles.get(row.hardware)
-        here = kernels.get((row.diagram_hash, row.hardware))
-        if hw is None or not here:
-            continue
-        layers = int(info.get("num_layer") or 1)
-        graphs = []
-        for h, _ in here:
-            if h not in built:
-                built[h] = Subdiagram.from_record(json.loads(records[h]))
-            graphs.append(to_data(built[h], hw))
-        out.append(Workload(info.get("workload", row.diagram_hash), row.hardware, row.runtime_ms,
-                            tuple(graphs), tuple(layers if LAYER.search(mod) else 1 for _, mod in here),
-                            row.diagram_hash))
-    return out
-
-
-def workload_sums(ln_fn: Callable[[Sequence[Data]], np.ndarray],
-                   workloads: Sequence[Workload]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    totals, launches, measured = [], [], []
-    for w in workloads:
-        ms = np.exp(ln_fn(list(w.graphs)))
-        totals.append(float(np.dot(ms, w.repeats)))
-        launches.append(float(sum(w.repeats)))
-        measured.append(w.measured_ms)
-    return np.array(totals), np.array(launches), np.array(measured)
 
 
 def model_mape(ln_fn: Callable[[Sequence[Data]], np.ndarray], train_w: Sequence[Workload],

@@ -1,6 +1,9 @@
-"""Kernel examples for learning: every successful kernel-scope measurement of a dataset folder
-as a PyG graph (`features.to_data`) on the hardware it ran on, with its kernel config and the
-label `y = ln(runtime_ms)`.
+"""Examples for learning, read from a dataset folder:
+- kernel examples: every successful kernel-scope measurement as a PyG graph
+  (`features.to_data`) on the hardware it ran on, with its kernel config and the label
+  `y = ln(runtime_ms)`;
+- whole-model examples (`Workload`): eager whole-model measurements with the kernels of their
+  graph, from which a learned model fits how kernel times compose (`Composition`).
 
 `KernelDataset` caches them processed, named by the data's fingerprint and the feature code's
 hash (`features.code_hash`), so a stale cache is never read: new data or new features mean a
@@ -10,10 +13,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 import torch
-from torch_geometric.data import InMemoryDataset
+from torch_geometric.data import Data, InMemoryDataset
 from tqdm import tqdm
 
 from costmodel.data.loader import back_to_back, fingerprint, hardware_profiles
@@ -22,6 +31,7 @@ from costmodel.data.shards import read_table
 from costmodel.ir.diagram import Subdiagram
 from costmodel.ir.plan import KernelConfig
 from costmodel.models import features
+from costmodel.models.features import to_data
 
 
 class KernelDataset(InMemoryDataset):
@@ -83,3 +93,77 @@ class KernelDataset(InMemoryDataset):
             data.diagram_hash = row.diagram_hash if isinstance(row.diagram_hash, str) else ""
             graphs.append(data)
         self.save(graphs, self.processed_paths[0])
+
+
+# Vertices of a repeated transformer block (NeuSight's graphs hold block 0 of `num_layer`).
+LAYER = re.compile(r"\.(layer|layers|h|block|blocks)\.\d+(\.|$)")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A whole model measured end to end (NeuSight's e2e latency) and the kernels of its graph:
+    `graphs[i]` runs `repeats[i]` times (once, or once per transformer block)."""
+
+    name: str
+    hardware: str
+    measured_ms: float
+    graphs: tuple[Data, ...]
+    repeats: tuple[int, ...]
+    diagram_hash: str = ""
+
+    @property
+    def family(self) -> str:
+        """The model family: NeuSight's workload name up to its first '-' (bert_large, gpt3_xl)."""
+        return self.name.split("-")[0]
+
+
+def model_workloads(data: str | Path) -> list[Workload]:
+    """Eager whole-model measurements whose graph is in the data, each with the kernels of its
+    graph: one per compute vertex (the per-vertex kernel rows measured on that GPU name them),
+    repeated `num_layer` times for vertices of the transformer block. Fused runs are left out:
+    their kernels are not the graph's."""
+    m = read_table("measurements", data)
+    m = m[m["diagram_hash"].notna()]
+    extra = m["extra_json"].map(lambda e: json.loads(e) if isinstance(e, str) else {})
+    models = m[(m["scope"] == "model") & m["runtime_ms"].notna() & ~extra.map(lambda e: bool(e.get("fusion")))]
+    nodes = m[(m["scope"] == "kernel") & extra.map(lambda e: "fx_node" in e)]
+    node_of = extra[nodes.index].map(lambda e: e["fx_node"])
+    v = read_table("vertices", data, columns=["diagram_hash", "vertex", "kind", "module", "source"])
+    vertex = {(r.diagram_hash, r.vertex): (r.kind, r.module) for r in v.itertuples()}
+    subs = read_table("subdiagrams", data, columns=["subdiagram_hash", "diagram_hash", "subdiagram_json"])
+    records = dict(zip(subs["subdiagram_hash"], subs["subdiagram_json"]))
+    profiles = hardware_profiles(data)
+    kernels: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for row, node in zip(nodes.itertuples(), node_of):
+        kind, module = vertex.get((row.diagram_hash, node), ("free", ""))
+        if kind != "free" and row.subdiagram_hash in records:
+            kernels[(row.diagram_hash, row.hardware)].append((row.subdiagram_hash, module))
+    built: dict[str, Subdiagram] = {}
+    out = []
+    for row in models.itertuples():
+        info = json.loads(row.extra_json)
+        hw = profiles.get(row.hardware)
+        here = kernels.get((row.diagram_hash, row.hardware))
+        if hw is None or not here:
+            continue
+        layers = int(info.get("num_layer") or 1)
+        graphs = []
+        for h, _ in here:
+            if h not in built:
+                built[h] = Subdiagram.from_record(json.loads(records[h]))
+            graphs.append(to_data(built[h], hw))
+        out.append(Workload(info.get("workload", row.diagram_hash), row.hardware, row.runtime_ms,
+                            tuple(graphs), tuple(layers if LAYER.search(mod) else 1 for _, mod in here),
+                            row.diagram_hash))
+    return out
+
+
+def workload_sums(ln_fn: Callable[[Sequence[Data]], np.ndarray],
+                   workloads: Sequence[Workload]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    totals, launches, measured = [], [], []
+    for w in workloads:
+        ms = np.exp(ln_fn(list(w.graphs)))
+        totals.append(float(np.dot(ms, w.repeats)))
+        launches.append(float(sum(w.repeats)))
+        measured.append(w.measured_ms)
+    return np.array(totals), np.array(launches), np.array(measured)

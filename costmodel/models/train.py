@@ -25,6 +25,7 @@ from costmodel.data.loader import fingerprint
 from costmodel.data.schema import DATASETS_DIR
 from costmodel.models import features
 from costmodel.models.base import Composition
+from costmodel.models.examples import KernelDataset, model_workloads, workload_sums
 from costmodel.models.gbdt import GBDTConfig, GBDTCostModel
 from costmodel.models.gnn import GNNConfig, GNNCostModel, KernelGNN, Normaliser, hardware_columns
 from costmodel.models.learned import GraphCostModel
@@ -108,8 +109,6 @@ def train(graphs: Sequence[Data], cfg: GNNConfig = GNNConfig(), *, progress: boo
 
 def fit_composition(model: GraphCostModel, data: str | Path) -> Composition:
     """How `model`'s kernel times add up to the whole-model times measured in `data`."""
-    from costmodel.models.evaluate import model_workloads, workload_sums
-
     return Composition.fit(*workload_sums(lambda gs: model.predict_ln(gs)[0], model_workloads(data)))
 
 
@@ -143,7 +142,6 @@ def training_graphs(data: str | Path, cache: str | Path, *, progress: bool = Tru
     """Kernel examples of a release (or the working data), without kernels that launch nothing:
     NeuSight timed view and dropout nodes alone, and what it measured there (about 0.01 ms) is
     Python and launch overhead, not kernel time."""
-    from costmodel.models.examples import KernelDataset
     from costmodel.models.features import NODE_TYPES, OP_KINDS
 
     free = len(NODE_TYPES) + OP_KINDS.index("free")

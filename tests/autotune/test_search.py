@@ -98,6 +98,30 @@ def test_autotune_measure_runs_eager_and_the_plan_here(tmp_path, capsys):
     assert (out / "report.html").is_file()
 
 
+def test_autotune_measure_runs_end_to_end_on_the_fake_gpu(tmp_path, capsys):
+    """The --measure path of a GPU target with no GPU: the fake runner builds and runs every
+    graph on meta tensors and times them with seeded roofline prices, then records the rows."""
+    from costmodel.data.shards import read_table
+
+    config = tmp_path / "tiny-gpt2.json"
+    config.write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+                                  "n_embd": 64, "n_layer": 2, "n_head": 2, "vocab_size": 100,
+                                  "n_positions": 64}))
+    out, data = tmp_path / "out", tmp_path / "data"
+    assert main(["--target", "a100", "--model", str(config), "--seq", "16", "--trials", "12",
+                 "--cost-model", "roofline", "--measure", "fake", "--repeats", "3",
+                 "--dataset", str(data), "--quiet", "--out", str(out)]) == 0
+    m = json.loads((out / "plan.json").read_text())["measured"]
+    assert m["runner"] == "fake" and m["hardware"] == "a100-sxm4-80gb" and m["device"] == "meta"
+    assert m["baseline"]["measured_ms"] > 0 and m["plan"]["measured_ms"] > 0 and m["compiled_ms"] > 0
+    rows = read_table("measurements", data)
+    assert len(rows) == m["rows_written"] == 3 and set(rows["source"]) == {"fake"}
+    assert "fake timings" in capsys.readouterr().out
+    assert main(["--target", "cpu", "--measure", "fake", "--trials", "2", "--cost-model", "roofline",
+                 "--quiet", "--out", str(tmp_path / "x")]) == 2
+    assert "pretends to be a GPU" in capsys.readouterr().err
+
+
 def test_autotune_measure_needs_the_target_here(tmp_path, capsys):
     args = ["--seq", "16", "--trials", "3", "--cost-model", "roofline", "--measure", "--quiet",
             "--out", str(tmp_path)]

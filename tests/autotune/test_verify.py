@@ -87,7 +87,7 @@ def test_record_writes_model_rows_that_read_back(verified, tmp_path):
     assert by_plan["eager"] == verified.eager_ms and by_plan["plan"] == verified.plan_ms
     assert verified.diagram_hash in set(read_table("diagrams", tmp_path)["diagram_hash"])
     assert verified.hardware in set(read_table("hardware", tmp_path)["hardware"])
-    from costmodel.models.evaluate import model_workloads
+    from costmodel.models.examples import model_workloads
 
     assert model_workloads(tmp_path) == []  # no per-node kernel rows: nothing to compose, no error
     assert V.record(verified, "cpu", root=tmp_path) == {"written": 0, "skipped": 3}  # same run: kept once

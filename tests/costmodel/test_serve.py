@@ -73,3 +73,25 @@ def test_200_concurrent_requests_none_lost(server):
     assert len(results) == 200 and all(status == 200 for status, _ in results)
     totals = {doc["target"]: doc["total_ms"] for _, doc in results}
     assert len(totals) == 4 and totals["t4"] > totals["h100-sxm"]
+
+
+def test_http_and_cli_answer_with_the_same_json(server):
+    """One JSON contract (`costmodel.api.prediction`): an H100 lies beyond the GPUs the shipped
+    GNN saw, and HTTP says so in `warnings`, with the spreads and overhead the CLI prints."""
+    import subprocess
+    import sys
+
+    status, http_doc = call(server, "POST", "/predict", {"model": "scgpt", "seq": 32, "target": "h100"})
+    assert status == 200
+    assert any("outside the hardware" in w for w in http_doc["warnings"])
+    assert {"spread", "config", "predicted_ms"} <= set(http_doc["subdiagrams"][0])
+    assert http_doc["overhead_ms"] == pytest.approx(http_doc["total_ms"] - http_doc["kernels_ms"])
+    cli = subprocess.run([sys.executable, "-m", "costmodel.cli", "predict", "--model", "scgpt",
+                          "--seq", "32", "--target", "h100", "--json"], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    cli_doc = json.loads(cli.stdout)
+    assert set(cli_doc) == set(http_doc) and set(cli_doc["subdiagrams"][0]) == set(http_doc["subdiagrams"][0])
+    for key in ("model", "target", "batch", "seq", "dtype", "attention", "cost_model",
+                "diagram_hash", "warnings", "kernels"):
+        assert cli_doc[key] == http_doc[key], key
+    assert cli_doc["total_ms"] == pytest.approx(http_doc["total_ms"])

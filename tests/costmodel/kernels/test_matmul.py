@@ -1,4 +1,6 @@
-"""The Triton matmul against torch on small shapes, on the CPU through Triton's interpreter."""
+"""The Triton matmul against its PyTorch reference on small shapes, on the CPU through Triton's
+interpreter: every epilogue step, split-K, fp32 and fp16 (bf16 on a GPU only), and every tile
+the rewrite space offers."""
 import contextlib
 import importlib
 import os
@@ -9,6 +11,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton", reason="Triton is not installed (pip install triton; see pyproject.toml)")
 
+from costmodel.hardware import load_profile
+from costmodel.ir import rules
 from costmodel.ir.plan import KernelConfig
 from costmodel.measure import Program
 from costmodel.measure.cuda import CudaRunner
@@ -96,7 +100,11 @@ def test_other_tiles_and_tf32_flag(kernels):
 def test_unsupported_calls_raise(kernels):
     a = torch.randn(8, 8)
     with pytest.raises(ValueError, match="split_k"):
-        kernels.mm(a, a, config=KernelConfig(16, 16, 16, split_k=2))
+        kernels.mm(a, a, config=KernelConfig(16, 16, 16, split_k=3))
+    with pytest.raises(ValueError, match="no epilogue step"):
+        kernels.Step("pow")
+    with pytest.raises(ValueError, match="tensor operands expected"):
+        kernels.mm(a, a, config=SMALL, epilogue=(kernels.Step("add", tensor=True),))
     with pytest.raises(ValueError, match="beta"):
         kernels.addmm(a, a, a, beta=0.5, config=SMALL)
     with pytest.raises(ValueError, match="cannot multiply"):
@@ -105,6 +113,63 @@ def test_unsupported_calls_raise(kernels):
 
 def test_serves_the_ops_measurement_sends_it(kernels):
     assert set(kernels.OPS) == set(TRITON_OPS)
+
+
+def _steps(kernels):
+    """Every epilogue step the rule book allows, with a scalar or a tensor operand."""
+    out = []
+    for op in rules.EPILOGUE_STEPS:
+        if op in kernels.BINARY:
+            out += [(kernels.Step(op, tensor=True),), (kernels.Step(op, scalar=1.5, swap=True),)]
+        else:
+            out.append((kernels.Step(op, scalar=0.1),))
+    return out
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+@pytest.mark.parametrize("split", [1, 2])
+def test_every_epilogue_step_matches_its_reference(kernels, dtype, tol, split):
+    torch.manual_seed(0)
+    a, b, bias = torch.randn(37, 45).to(dtype), torch.randn(45, 29).to(dtype), torch.randn(29).to(dtype)
+    residual = torch.randn(37, 29).to(dtype)
+    config = KernelConfig(16, 32, 16, 4, 2, split)
+    for epilogue in _steps(kernels):
+        operands = (residual,) if epilogue[0].tensor else ()
+        if epilogue[0].op == "div" and epilogue[0].tensor:
+            operands = (residual.abs() + 1,)  # no division by numbers near zero
+        out = kernels.matmul(a, b, bias, config=config, epilogue=epilogue, operands=operands)
+        close(out, kernels.reference(a, b, bias, epilogue=epilogue, operands=operands), tol)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_three_steps_batched_and_broadcast(kernels, dtype, tol):
+    torch.manual_seed(1)
+    a, b = torch.randn(3, 20, 33).to(dtype), torch.randn(3, 33, 18).to(dtype)
+    scale, mask = torch.randn(18).to(dtype), torch.randn(3, 20, 18).to(dtype)
+    epilogue = (kernels.Step("mul", tensor=True), kernels.Step("add", tensor=True), kernels.Step("gelu"))
+    for split in (1, 4):
+        out = kernels.matmul(a, b, config=KernelConfig(16, 16, 16, 4, 2, split), epilogue=epilogue,
+                             operands=(scale, mask))
+        close(out, kernels.reference(a, b, epilogue=epilogue, operands=(scale, mask)), tol)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_every_tile_the_space_offers_launches(kernels, dtype):
+    """The kernels read tile legality from the rule book: each tile the space offers on the
+    most permissive target (an H100: 227 KiB of shared memory) runs and is right."""
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
+    a, b = torch.randn(40, 72).to(torch_dtype), torch.randn(72, 36).to(torch_dtype)
+    ref = kernels.reference(a, b)
+    seen = set()
+    for tile in rules.legal_tiles(load_profile("h100"), dtype):
+        # The interpreter runs one program as numpy arrays: warps and stages change nothing
+        # there, so each block shape and split runs once.
+        key = (tile.block_m, tile.block_n, tile.block_k, tile.split_k)
+        if key in seen:
+            continue
+        seen.add(key)
+        close(kernels.matmul(a, b, config=tile), ref, 1e-4 if dtype == "fp32" else 2e-2)
+    assert len(seen) > 50
 
 
 def test_a_captured_linear_runs_as_triton(kernels):

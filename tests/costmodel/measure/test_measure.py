@@ -14,7 +14,7 @@ from costmodel.measure import Program, Result, Runner, collect, measure, runner
 from costmodel.measure.cuda import CudaRunner
 from costmodel.measure.fake import FakeRunner
 from costmodel.measure.host import HostRunner
-from costmodel.measure.variants import TRITON_OPS, Request, requests
+from costmodel.measure.variants import Request, requests
 from costmodel.ir.capture import export_module
 from costmodel.data.shards import read_table
 from costmodel.errors import UserError

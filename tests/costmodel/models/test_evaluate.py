@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from costmodel.models.base import Composition
+from costmodel.models.examples import model_workloads
 from costmodel.models.gbdt import flat_features
 from costmodel.ir.diagram import Subdiagram
 from costmodel.models.evaluate import (
@@ -11,7 +12,6 @@ from costmodel.models.evaluate import (
     fusion_members,
     kendall_tau,
     mape,
-    model_workloads,
     random_top_k_error,
     score_ranking,
     split_groups,
@@ -52,7 +52,8 @@ def test_neusight_workloads_are_whole_models():
 
 def test_leave_one_model_out_keeps_the_family_out_of_training(capture, monkeypatch):
     import costmodel.models.evaluate as ev
-    from costmodel.models.evaluate import Workload, leave_one_model_out
+    from costmodel.models.evaluate import leave_one_model_out
+    from costmodel.models.examples import Workload
     from costmodel.models.gnn import GNNConfig
 
     from .test_gnn import examples

@@ -209,3 +209,21 @@ def test_the_shipped_checkpoint_is_the_default(capture):
     assert not [w for w in priced.warnings if "outside" in w]
     assert GNNCostModel.load(path).predict_plan(d, "a100-pcie-40gb").total_ms == priced.total_ms
     assert "outside" in model.predict_plan(d, "h200").warnings[0]  # 4.8 TB/s: far beyond its GPUs
+
+
+def test_a_checkpoint_records_its_feature_code(trained, capture, tmp_path):
+    """Loading under other features says so in one line; a checkpoint from before the record
+    still loads, flagged."""
+    d = capture("bert-base", 1, 32)
+    assert trained.trained_on["features_hash"] == features.code_hash()
+    trained.save(tmp_path / "m.pt")
+    doc = torch.load(tmp_path / "m.pt", weights_only=True)
+    doc["trained_on"]["features_hash"] = "0123456789ab"
+    torch.save(doc, tmp_path / "other.pt")
+    other = GNNCostModel.load(tmp_path / "other.pt").predict_plan(d, "a100").warnings
+    [line] = [w for w in other if "feature code" in w]
+    assert "0123456789ab" in line and features.code_hash() in line and "\n" not in line
+    del doc["trained_on"]["features_hash"]
+    torch.save(doc, tmp_path / "old.pt")
+    old = GNNCostModel.load(tmp_path / "old.pt").predict_plan(d, "a100").warnings
+    assert any("does not record the feature code" in w for w in old)

@@ -1,0 +1,61 @@
+"""The GBDT cost model: the contract, trees walked as arrays equal scikit-learn's, and the
+shipped checkpoint (synthetic labels: these test the machinery, not accuracy)."""
+import numpy as np
+import pytest
+import torch
+
+from costmodel.models import features
+from costmodel.models.gbdt import GBDTConfig, GBDTCostModel, Trees, flat_features
+
+from .test_base import CostModelContract
+from .test_gnn import examples
+
+
+@pytest.fixture(scope="module")
+def fitted(capture):
+    return GBDTCostModel.fit(examples(capture), GBDTConfig(max_iter=40))
+
+
+class TestGBDT(CostModelContract):
+    @pytest.fixture
+    def model(self, fitted):
+        return fitted
+
+
+def test_trees_as_arrays_predict_what_sklearn_predicts(capture):
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    graphs = examples(capture)
+    X = flat_features(graphs)
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=len(X))
+    X[::7, 3] = np.nan  # missing values go where the split says
+    model = HistGradientBoostingRegressor(max_iter=25, random_state=0).fit(X, y)
+    assert np.allclose(Trees.of(model).predict(X), model.predict(X))
+
+
+def test_same_data_same_trees_and_the_record(capture, tmp_path):
+    a = GBDTCostModel.fit(examples(capture), GBDTConfig(max_iter=20))
+    b = GBDTCostModel.fit(examples(capture), GBDTConfig(max_iter=20))
+    assert np.array_equal(a.trees.value, b.trees.value)
+    assert a.trained_on["features_hash"] == features.code_hash()
+    a.save(tmp_path / "g.pt")
+    again = GBDTCostModel.load(tmp_path / "g.pt")
+    assert again.trained_on == a.trained_on and again.hw_range == a.hw_range
+
+
+def test_a_gnn_checkpoint_is_no_gbdt(tmp_path):
+    torch.save({"cost_model": "gnn"}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="not a GBDT"):
+        GBDTCostModel.load(tmp_path / "x.pt")
+
+
+def test_the_shipped_gbdt_is_a_cost_model_anyone_can_pick(capture):
+    from costmodel.models import load_cost_model
+    from costmodel.models.registry import default_checkpoint
+
+    assert default_checkpoint("gbdt").stat().st_size < 5_000_000
+    model = load_cost_model("gbdt")
+    assert isinstance(model, GBDTCostModel) and model.trained_on["data"] == "0.1"
+    priced = model.predict_plan(capture("bert-base", 1, 32), "a100-pcie-40gb")
+    assert priced.cost_model == "gbdt" and priced.total_ms > 0 and priced.overhead_ms != 0
