@@ -19,7 +19,7 @@ mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 PY=${PYTHON:-python3}
 DATA="$WORK/data"
-TARGET=$($PY -c "from costmodel.measure import CudaBackend; print(CudaBackend().hardware)") || exit 1
+TARGET=$($PY -c "from costmodel.measure import runner; print(runner('cuda').hardware)") || exit 1
 echo "GPU here: $TARGET"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv | tee "$OUT/summary.txt"
 $PY -c "import torch, transformers, triton, torch_geometric as g; print('torch', torch.__version__, \
@@ -41,7 +41,7 @@ step autotune 70 $PY -m autotune.cli --target "$TARGET" --model bert-base --batc
 step autotune-gpt2 70 $PY -m autotune.cli --target "$TARGET" --model gpt2 --batch 8 --seq 1024 \
     --trials 300 --measure --repeats 10 --dataset "$DATA" --out "$WORK/autotune-gpt2" --quiet
 step tests 90 $PY -m pytest -q -p no:cacheprovider -rs \
-    tests/costmodel/test_kernels.py tests/costmodel/test_measure.py tests/autotune/test_verify.py \
+    tests/costmodel/kernels tests/costmodel/measure/test_measure.py tests/autotune/test_verify.py \
     tests/autotune/test_search.py -k "gpu or cuda or Cuda or needs_the_target or not_tensors"
 step collect 150 $PY -m costmodel.cli collect --target cuda --models bert-base,gpt2,scgpt \
     --batches 8 --seqs 512 --budget 110 --root "$DATA"

@@ -20,14 +20,11 @@ import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from costmodel.ir import diagram
 from costmodel.ir.diagram import Diagram, Vertex
 from costmodel.ir.plan import KernelConfig, check_fusable
-
-if TYPE_CHECKING:  # only for annotations: hardware is read by attribute
-    from costmodel.hardware.profile import HardwareProfile
 
 # ---------------------------------------------------------------------------------------------
 # Dtypes
@@ -224,6 +221,15 @@ DEFAULT_SHARED_MEMORY = 48 * 1024  # bytes a block may use on any CUDA GPU witho
 DEFAULT_THREADS_PER_UNIT = 2048  # resident threads per SM where a profile does not say
 
 
+class Device(Protocol):
+    """What legality reads of a target: a `HardwareProfile`, or `Limits`."""
+
+    name: str
+    kind: str
+    shared_memory_per_unit: int | None
+    max_threads_per_unit: int | None
+
+
 @dataclass(frozen=True)
 class Limits:
     """What a device allows a block, for a device no profile describes (a GPU read through
@@ -240,7 +246,7 @@ def smem_bytes(config: KernelConfig, dtype: str) -> int:
     return config.num_stages * (config.block_m + config.block_n) * config.block_k * element_bytes(dtype)
 
 
-def launch_problem(config: KernelConfig, hw: HardwareProfile | Limits, dtype: str) -> str:
+def launch_problem(config: KernelConfig, hw: Device, dtype: str) -> str:
     """Why a tiled kernel with `config` cannot launch on `hw` in `dtype` ("" when it can)."""
     if hw.kind != "gpu":
         return f"{hw.name} is a {hw.kind}: it takes no tile configs"
@@ -256,7 +262,7 @@ def launch_problem(config: KernelConfig, hw: HardwareProfile | Limits, dtype: st
     return ""
 
 
-def blocks_per_unit(config: KernelConfig, hw: HardwareProfile, dtype: str) -> int:
+def blocks_per_unit(config: KernelConfig, hw: Device, dtype: str) -> int:
     """Resident blocks per SM under the thread and shared-memory limits; 0 when it cannot
     launch (`launch_problem`)."""
     if launch_problem(config, hw, dtype):
@@ -268,7 +274,7 @@ def blocks_per_unit(config: KernelConfig, hw: HardwareProfile, dtype: str) -> in
     return max(0, min(by_threads, by_smem, 32))
 
 
-def legal_tiles(hw: HardwareProfile | Limits, dtype: str) -> tuple[KernelConfig, ...]:
+def legal_tiles(hw: Device, dtype: str) -> tuple[KernelConfig, ...]:
     """The matmul tiles the space offers on `hw` for `dtype`: the grid, less what cannot
     launch there. Empty off GPUs."""
     if hw.kind != "gpu":
@@ -278,7 +284,7 @@ def legal_tiles(hw: HardwareProfile | Limits, dtype: str) -> tuple[KernelConfig,
                  if not launch_problem(c, hw, dtype))
 
 
-def legal_attention(hw: HardwareProfile, dtype: str, head_dim: int, skip: bool
+def legal_attention(hw: Device, dtype: str, head_dim: int, skip: bool
                     ) -> tuple[KernelConfig, ...]:
     """Flash-style attention configs that launch on `hw` for this head dimension (BLOCK_K is
     the head dimension, padded up to a power of two as the kernel loads it)."""

@@ -25,7 +25,7 @@ from costmodel.errors import UserError, unknown_choice
 from costmodel.ir.diagram import Diagram
 from costmodel.measure.runner import Result, Runner
 from costmodel.measure.slicing import Program
-from costmodel.measure.variants import Request, requests
+from costmodel.measure.variants import Request
 
 RUNNERS = ("cpu", "cuda", "fake")
 
@@ -80,7 +80,7 @@ def measure(model: str | tuple[torch.export.ExportedProgram, Diagram], *, target
     else:
         exported, diagram = model
     program = Program(exported, diagram, seed=getattr(be, "seed", 0))
-    reqs = requests(program, be)
+    reqs = be.requests(program)
     done = existing_ids(root, be.source)
     todo = [r for r in reqs if be.row_id(scope="kernel", kernel_config=r.variant.config,
                                          subdiagram_hash=r.site.subdiagram.hash) not in done]

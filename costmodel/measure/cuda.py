@@ -114,7 +114,7 @@ class CudaRunner(Runner):
     # -- what is measured
 
     def configs(self, site: Site, dtype: str) -> list[Variant]:
-        out = eager_variants(site, self)
+        out = eager_variants(site, self.compilers)
         eager = {"fused": False, "compiler": "eager"}
         if site.fused:
             if "inductor" in self.compilers and "matmul" in site.subdiagram.kinds:

@@ -59,7 +59,7 @@ class HostRunner(Runner):
             return None
 
     def configs(self, site: Site, dtype: str) -> list[Variant]:
-        return eager_variants(site, self)
+        return eager_variants(site, self.compilers)
 
     def _row_extra(self) -> dict:
         # Other processes on a small host skew timings; the load lets noisy rows be found.

@@ -27,10 +27,11 @@ from costmodel.hardware import HardwareProfile
 from costmodel.ir import rules
 from costmodel.ir.capture import tensors
 
+from costmodel.measure.slicing import Program, Workload, implicit_mask_sdpa
+from costmodel.measure.variants import Request, Site, Variant, estimate_s, sites
+
 if TYPE_CHECKING:
     from costmodel.ir.plan import Kernel
-    from costmodel.measure.slicing import Workload
-    from costmodel.measure.variants import Request, Site, Variant
 
 LICENCE = "Apache-2.0"  # our own measurements carry the project's licence
 
@@ -278,6 +279,27 @@ class Runner(abc.ABC):
     def configs(self, site: Site, dtype: str) -> list[Variant]:
         """The variants of `site` this runner measures."""
 
+    def requests(self, program: Program) -> list[Request]:
+        """What this runner measures of a model, one per distinct (subdiagram hash, config),
+        most useful first: by tier, then sweep round, then estimated seconds at stake."""
+        diagram = program.diagram
+        dtype = diagram.info("dtype", "fp32")
+        profile = self.profile()
+        first: dict[tuple[str, str], Request] = {}
+        counts: dict[tuple[str, str], int] = {}
+        for site in sites(diagram, fusion=self.fusion):
+            for variant in self.configs(site, dtype):
+                req = Request(site, variant, program, dtype)
+                counts[req.key] = counts.get(req.key, 0) + 1
+                first.setdefault(req.key, req)
+        out = []
+        for k, req in first.items():
+            seconds = estimate_s(req.site.subdiagram, profile)
+            out.append(Request(req.site, req.variant, program, dtype, counts[k], counts[k] * seconds))
+        out.sort(key=lambda r: (r.variant.tier, r.variant.round, -r.priority, r.site.subdiagram.hash,
+                                r.variant.config_json))
+        return out
+
     def run(self, requests: Sequence[Request]) -> list[Result]:
         """One Result per request, in order (see the class docstring)."""
         out = []
@@ -314,8 +336,6 @@ class Runner(abc.ABC):
                          input_bytes=wl.input_bytes, **self._row_extra())
 
     def _callable(self, request: Request, wl: Workload) -> Callable:
-        from costmodel.measure.variants import implicit_mask_sdpa
-
         cfg = request.variant.config
         compiler = cfg.get("compiler")
         if compiler not in self.compilers:

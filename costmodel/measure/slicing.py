@@ -212,3 +212,14 @@ def _value_bytes(val: Any) -> int:
     if isinstance(val, (list, tuple)):
         return sum(_value_bytes(v) for v in val)
     return 0
+
+
+def implicit_mask_sdpa(causal: bool) -> Callable:
+    """aten.scaled_dot_product_attention's signature, ignoring the mask tensor: is_causal
+    (or nothing) stands for it. The mismatch check against the masked call guards it."""
+
+    def sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale, enable_gqa=enable_gqa)
+
+    return sdpa

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -35,9 +34,6 @@ from costmodel.ir import rules
 from costmodel.ir.diagram import Diagram, Subdiagram, Vertex
 from costmodel.ir.plan import KernelConfig, check_fusable
 from costmodel.measure.slicing import Program, Workload
-
-if TYPE_CHECKING:
-    from costmodel.measure.runner import Runner
 
 TRITON_OPS = ("linear", "addmm", "mm", "bmm")  # ATen ops the Triton matmul runs
 SDPA_BACKENDS = ("flash", "efficient", "math")
@@ -120,28 +116,6 @@ class Request:
         return self.program.workload(self.site.vertices, device)
 
 
-def requests(program: Program, runner: Runner) -> list[Request]:
-    """What `runner` measures of a model, one per distinct (subdiagram hash, config), most
-    useful first: by tier, then sweep round, then estimated seconds at stake."""
-    diagram = program.diagram
-    dtype = diagram.info("dtype", "fp32")
-    profile = runner.profile()
-    first: dict[tuple[str, str], Request] = {}
-    counts: dict[tuple[str, str], int] = {}
-    for site in sites(diagram, fusion=runner.fusion):
-        for variant in runner.configs(site, dtype):
-            req = Request(site, variant, program, dtype)
-            counts[req.key] = counts.get(req.key, 0) + 1
-            first.setdefault(req.key, req)
-    out = []
-    for k, req in first.items():
-        seconds = estimate_s(req.site.subdiagram, profile)
-        out.append(Request(req.site, req.variant, program, dtype, counts[k], counts[k] * seconds))
-    out.sort(key=lambda r: (r.variant.tier, r.variant.round, -r.priority, r.site.subdiagram.hash,
-                            r.variant.config_json))
-    return out
-
-
 def estimate_s(sub: Subdiagram, profile: HardwareProfile | None) -> float:
     """Seconds a kernel may take: the roofline's, or a rough figure where no profile says."""
     from costmodel.models.roofline import Roofline
@@ -191,17 +165,6 @@ def implicit_mask_legal(v: Vertex) -> bool:
     return v.mask_kind == "none" or (v.mask_kind == "causal" and q[-2] == k[-2])
 
 
-def implicit_mask_sdpa(causal: bool) -> Callable:
-    """aten.scaled_dot_product_attention's signature, ignoring the mask tensor: is_causal
-    (or nothing) stands for it. The mismatch check against the masked call guards it."""
-
-    def sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        return torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale, enable_gqa=enable_gqa)
-
-    return sdpa
-
-
 def triton_op(v: Vertex) -> bool:
     """Whether the Triton matmul can run this vertex's op as it was called."""
     base = v.op.split(".")[1] if v.op.count(".") >= 2 else ""
@@ -221,9 +184,9 @@ def sdpa_legal(backend: str, v: Vertex, dtype: str, explicit_mask: bool) -> bool
     return backend in ("efficient", "math")
 
 
-def eager_variants(site: Site, runner: Any) -> list[Variant]:
+def eager_variants(site: Site, compilers: Sequence[str]) -> list[Variant]:
     """What every runner measures of a site: the eager kernel (or the group's ops one after
-    another) and, for a group, inductor's one fused kernel."""
+    another) and, for a group, inductor's one fused kernel (when `compilers` has inductor)."""
     eager = {"fused": False, "compiler": "eager"}
     if not site.fused:
         out = [Variant.of(eager, f"eager:{site.label}")]
@@ -234,6 +197,6 @@ def eager_variants(site: Site, runner: Any) -> list[Variant]:
         return out
     tier = 2 if site.group == "epilogue-prefix" else 1
     out = [Variant.of(eager, f"eager:{site.label}", tier)]
-    if "inductor" in runner.compilers:
+    if "inductor" in compilers:
         out.append(Variant.of({"fused": True, "compiler": "inductor"}, f"inductor:{site.label}", tier))
     return out

@@ -78,13 +78,18 @@ def test_suggestions_run_first_and_time_budget_stops(capture):
     assert 3 <= timed.trials < 10**6
 
 
-def test_autotune_measure_runs_eager_and_the_plan_here(tmp_path, capsys):
-    from costmodel.data.shards import read_table
-
-    config = tmp_path / "tiny-gpt2.json"
+def _tiny_gpt2(folder):
+    config = folder / "tiny-gpt2.json"
     config.write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
                                   "n_embd": 64, "n_layer": 2, "n_head": 2, "vocab_size": 100,
                                   "n_positions": 64}))
+    return config
+
+
+def test_autotune_measure_runs_eager_and_the_plan_here(tmp_path, capsys):
+    from costmodel.data.shards import read_table
+
+    config = _tiny_gpt2(tmp_path)
     out, data = tmp_path / "out", tmp_path / "data"
     assert main(["--target", "cpu", "--model", str(config), "--seq", "16", "--trials", "12",
                  "--cost-model", "roofline", "--measure", "--threads", "1", "--repeats", "3",
@@ -103,10 +108,7 @@ def test_autotune_measure_runs_end_to_end_on_the_fake_gpu(tmp_path, capsys):
     graph on meta tensors and times them with seeded roofline prices, then records the rows."""
     from costmodel.data.shards import read_table
 
-    config = tmp_path / "tiny-gpt2.json"
-    config.write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-                                  "n_embd": 64, "n_layer": 2, "n_head": 2, "vocab_size": 100,
-                                  "n_positions": 64}))
+    config = _tiny_gpt2(tmp_path)
     out, data = tmp_path / "out", tmp_path / "data"
     assert main(["--target", "a100", "--model", str(config), "--seq", "16", "--trials", "12",
                  "--cost-model", "roofline", "--measure", "fake", "--repeats", "3",

@@ -14,7 +14,7 @@ from costmodel.measure import Program, Result, Runner, collect, measure, runner
 from costmodel.measure.cuda import CudaRunner
 from costmodel.measure.fake import FakeRunner
 from costmodel.measure.host import HostRunner
-from costmodel.measure.variants import Request, requests
+from costmodel.measure.variants import Request
 from costmodel.ir.capture import export_module
 from costmodel.data.shards import read_table
 from costmodel.errors import UserError
@@ -56,7 +56,7 @@ class RunnerContract:
 
     def test_one_result_per_request_in_order(self, program):
         be = self.make_runner()
-        reqs = requests(program, be)[:4]
+        reqs = be.requests(program)[:4]
         results = be.run(reqs)
         assert len(results) == len(reqs)
         for r in results:
@@ -68,7 +68,7 @@ class RunnerContract:
 
     def test_a_failure_is_a_result_and_the_run_goes_on(self, program):
         be = self.make_runner()
-        good = requests(program, be)[0]
+        good = be.requests(program)[0]
         broken = Request(good.site, good.variant, None, good.dtype)  # no graph to run
         results = be.run([broken, good])
         assert len(results) == 2
@@ -122,7 +122,7 @@ def test_cuda_without_a_gpu_says_so():
 
 def test_every_eager_kernel_is_requested_once(program):
     d = program.diagram
-    reqs = requests(program, fast_host())
+    reqs = fast_host().requests(program)
     hashes = [r.site.subdiagram.hash for r in reqs]
     assert len(hashes) == len(set(hashes))  # one per distinct kernel
     assert set(hashes) == {s.hash for s in eager_partition(d)}
@@ -151,7 +151,7 @@ def test_index_inputs_are_drawn_below_the_dimension_they_index():
         ep, d = export_module(_Index(), (x.to("meta"), idx.to("meta"), pos.to("meta")), name="index")
     prog = Program(ep, d)
     assert prog.spec(prog.nodes["idx"]).high == 9 and prog.spec(prog.nodes["pos"]).high == 4
-    results = fast_host().run(requests(prog, fast_host()))
+    results = fast_host().run(fast_host().requests(prog))
     assert results and all(r.error is None for r in results)
 
 
@@ -196,11 +196,11 @@ def test_an_explicit_causal_mask_is_also_measured_as_is_causal():
     [attn] = [v for v in prog.diagram.vertices if v.kind == "attention"]
     assert attn.mask_kind == "causal"
     be = fast_host()
-    reqs = [r for r in requests(prog, be) if r.site.subdiagram.kinds == ("attention",)]
+    reqs = [r for r in be.requests(prog) if r.site.subdiagram.kinds == ("attention",)]
     assert [r.variant.config.get("mask") for r in reqs] == [None, "implicit"]
     assert all(r.error is None for r in be.run(reqs))  # the mismatch check passed
     fp16 = Program(*_causal(torch.float16))
-    names = {r.variant.name for r in requests(fp16, FakeRunner())}
+    names = {r.variant.name for r in FakeRunner().requests(fp16)}
     assert "sdpa-flash:attention-implicit-mask" in names and "sdpa-flash:attention" not in names
 
 
