@@ -72,10 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def study_name(args, diagram_hash: str, cost_model: str) -> str:
+    """The study a search resumes: the workload, the target, the cost model by the identity of
+    its weights (a retrained checkpoint is another study), the sampler and seed."""
     model = re.sub(r"[^A-Za-z0-9.-]+", "_", Path(args.model).stem if args.model.endswith(".json")
                    else args.model)
-    return (f"{model}-b{args.batch}-s{args.seq}-{args.dtype}-{args.target}-{cost_model}"
-            f"-{args.sampler}-seed{args.seed}-{diagram_hash[:10]}")
+    return (f"{model}-b{args.batch}-s{args.seq}-{args.dtype}-{args.attention}-{args.target}"
+            f"-{cost_model}-{args.sampler}-seed{args.seed}-{diagram_hash[:10]}")
 
 
 def storage_url(spec: str | None, out: Path):
@@ -98,7 +100,8 @@ def storage_url(spec: str | None, out: Path):
         raise UserError(f"cannot open storage {spec!r}: {reason}") from None
 
 
-def _build(model: str, batch: int, seq: int, dtype: str, target: str, cost_model_spec: str):
+def _build(model: str, batch: int, seq: int, dtype: str, target: str, cost_model_spec: str,
+           attention: str = "sdpa"):
     from autotune.space import Space
     from costmodel.models.registry import load_cost_model
     from costmodel.hardware import load_profile
@@ -106,7 +109,7 @@ def _build(model: str, batch: int, seq: int, dtype: str, target: str, cost_model
 
     hw = load_profile(target)
     cost_model = load_cost_model(cost_model_spec)
-    diagram = capture_model(model, batch, seq, dtype)
+    diagram = capture_model(model, batch, seq, dtype, attention=attention)
     hw.peak(dtype)  # says plainly when the target has no such dtype
     return Space(diagram, hw), cost_model
 
@@ -118,19 +121,20 @@ def _main(argv: Sequence[str]) -> int:
 
     prior = load_prior(args.prior)
     space, cost_model = _build(args.model, args.batch, args.seq, args.dtype, args.target,
-                               args.cost_model)
+                               args.cost_model, args.attention)
     runner = _measure_runner(space.target, args.measure) if args.measure else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = study_name(args, space.diagram.hash, cost_model.name)
+    name = study_name(args, space.diagram.hash, cost_model.key)
     storage = storage_url(args.storage, out)
     trials = 10**9 if args.time_budget else args.trials
     result = search(space, cost_model, trials=trials, seed=args.seed, progress=not args.quiet,
                     suggestions=lambda: prior.suggest(space, 8), storage=storage, study_name=name,
                     sampler=args.sampler, time_budget=args.time_budget,
                     attrs={"model": args.model, "batch": args.batch, "seq": args.seq,
-                           "dtype": args.dtype, "target": args.target,
-                           "cost_model": args.cost_model, "sampler": args.sampler})
+                           "dtype": args.dtype, "attention": args.attention,
+                           "target": args.target, "cost_model": args.cost_model,
+                           "sampler": args.sampler})
     extra = {"prior": {"name": prior.name, **prior.stats}, "sampler": args.sampler}
     measured = None
     if args.measure:
@@ -140,7 +144,8 @@ def _main(argv: Sequence[str]) -> int:
     extra["whatifs"] = whatifs
     doc = plan_document(result, model=args.model, diagram_hash=space.diagram.hash,
                         batch=args.batch, seq=args.seq, dtype=args.dtype, seed=args.seed,
-                        extra=extra)
+                        extra={"attention": args.attention, "cost_model_identity": cost_model.key,
+                               **extra})
     (out / "plan.json").write_text(json.dumps(doc, indent=1) + "\n")
     from autotune.report import write_report
 
@@ -170,7 +175,7 @@ def _worker(argv: Sequence[str]) -> int:
         raise UserError(f"no study {args.study!r} in {args.storage}; start it with autotune "
                         "--storage URL first") from None
     space, cost_model = _build(attrs["model"], attrs["batch"], attrs["seq"], attrs["dtype"],
-                               attrs["target"], attrs["cost_model"])
+                               attrs["target"], attrs["cost_model"], attrs.get("attention", "sdpa"))
     study = open_study(args.study, storage, attrs.get("sampler", "tpe"), seed=None)
     done = run_trials(study, space, Evaluator(space, cost_model), args.trials,
                       progress=not args.quiet, desc="worker")
@@ -206,7 +211,7 @@ def _measure(args, result, runner) -> dict:
 
     v = verify_plan(args.model, args.batch, args.seq, args.dtype, result.plan,
                     repeats=args.repeats, seed=args.seed, threads=args.threads,
-                    runner=runner, progress=not args.quiet)
+                    runner=runner, attention=args.attention, progress=not args.quiet)
     written = record(v, runner, **({"root": args.dataset} if args.dataset else {}))
     return {"baseline": {"predicted_ms": result.baseline.total_ms, "measured_ms": v.eager_ms},
             "plan": {"predicted_ms": result.best.total_ms, "measured_ms": v.plan_ms},
@@ -219,7 +224,7 @@ def _whatifs(args, cost_model, result, diagram) -> list[dict]:
     from autotune.whatif import whatifs
 
     rows = whatifs(args.model, args.batch, args.seq, args.dtype, args.target, cost_model,
-                   baseline_ms=result.best.total_ms, original=diagram)
+                   baseline_ms=result.best.total_ms, original=diagram, attention=args.attention)
     return [{"name": w.name, "description": w.description, "baseline_ms": w.baseline_ms,
              "variant_ms": w.variant_ms, "saving": w.saving} for w in rows]
 

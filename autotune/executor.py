@@ -36,10 +36,11 @@ class PlanError(UserError):
 
 
 def build_model(model: str, batch: int, seq: int, dtype: str, *, seed: int = 0,
-                device: torch.device | str = "cpu") -> tuple[nn.Module, tuple, dict]:
+                device: torch.device | str = "cpu", attention: str = "sdpa"
+                ) -> tuple[nn.Module, tuple, dict]:
     """The module `zoo.export_model(model, ...)` captures, built on `device` with seeded random
     weights and example inputs (`zoo.build`): (module, args, kwargs)."""
-    built = build(model, batch, seq, dtype, device=device, seed=seed)
+    built = build(model, batch, seq, dtype, device=device, seed=seed, attention=attention)
     return built.module, built.args, built.kwargs
 
 

@@ -157,7 +157,8 @@ def _runner(spec: str | Runner) -> Runner:
 
 def verify_plan(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats: int = 20,
                 warmup: int = 3, seed: int = 0, threads: int | None = None,
-                runner: str | Runner = "cpu", progress: bool = True) -> Verification:
+                runner: str | Runner = "cpu", attention: str = "sdpa",
+                progress: bool = True) -> Verification:
     """Run `plan` for `model` (a zoo name or a Hugging Face config.json path) at (batch, seq,
     dtype) on `runner` ("cpu", "cuda" for this machine's GPU 0, "fake", or a Runner): check its
     outputs against eager PyTorch, then time eager, the plan and the whole graph compiled by
@@ -177,19 +178,19 @@ def verify_plan(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, rep
     try:
         with torch.no_grad(), be.numerics(dtype):
             return _verify(model, batch, seq, dtype, plan, repeats=repeats, warmup=warmup,
-                           seed=seed, be=be, progress=progress)
+                           seed=seed, be=be, attention=attention, progress=progress)
     finally:
         torch.set_num_threads(before)
 
 
 def _verify(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats: int,
-            warmup: int, seed: int, be: Runner, progress: bool) -> Verification:
+            warmup: int, seed: int, be: Runner, attention: str, progress: bool) -> Verification:
     from costmodel.ir.zoo import export_model
 
     say = _say if progress else lambda *_: None
     fake = be.device.type == "meta"
     say(f"verify: capturing {model} batch {batch} seq {seq} {dtype}")
-    exported, diagram = export_model(model, batch, seq, dtype)
+    exported, diagram = export_model(model, batch, seq, dtype, attention=attention)
     try:
         kernels = plan.kernels(diagram)
     except ValueError as e:
@@ -198,7 +199,8 @@ def _verify(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats
     ignored = sum(isinstance(d, Tile) for d in plan.decisions)
     device = be.device
     say(f"verify: building {diagram.name} on {device} with random weights (seed {seed})")
-    module, args, kwargs = build_model(model, batch, seq, dtype, seed=seed, device=device)
+    module, args, kwargs = build_model(model, batch, seq, dtype, seed=seed, device=device,
+                                       attention=attention)
     inputs = flat_inputs(exported, module, args, kwargs)
     gm = exported.graph_module
     user_outputs = [k for k, s in enumerate(exported.graph_signature.output_specs)

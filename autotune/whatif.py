@@ -119,7 +119,8 @@ class _NotBuilt(Exception):
 
 def whatifs(model: str, batch: int, seq: int, dtype: str, target: HardwareProfile | str,
             cost_model: CostModel | str = "roofline", *, baseline_ms: float | None = None,
-            overrides: dict | None = None, original: Diagram | None = None) -> list[WhatIf]:
+            overrides: dict | None = None, original: Diagram | None = None,
+            attention: str = "sdpa") -> list[WhatIf]:
     """Price the architecture what-ifs of `model` (a zoo name or a config.json path) at
     (batch, seq, dtype) on `target`, each next to the unmodified model, both as eager plans
     (the mask what-ifs with mask-skipping attention, see the module docstring).
@@ -131,12 +132,13 @@ def whatifs(model: str, batch: int, seq: int, dtype: str, target: HardwareProfil
     `overrides`: config entries changed in the model itself and in every variant (as
     `capture_model` takes them), e.g. `{"num_hidden_layers": 2}` for a shallower model like it.
     `original`: the unmodified model's diagram, where the caller has captured it already.
+    `attention`: "sdpa" or "eager", for the model and every variant.
     """
     hw = load_profile(target) if isinstance(target, str) else target
     cost_model = load_cost_model(cost_model)
     overrides = overrides or {}
     if original is None:
-        original = capture_model(model, batch, seq, dtype, overrides=overrides)
+        original = capture_model(model, batch, seq, dtype, overrides=overrides, attention=attention)
     masks = {v.mask_kind for v in original.vertices if v.kind == "attention"}
     # Priced before any variant, so what fails for the model itself (a dtype the target lacks)
     # is raised, not reported as variants that could not be built.
@@ -147,7 +149,8 @@ def whatifs(model: str, batch: int, seq: int, dtype: str, target: HardwareProfil
             grouped = variant.attention is not None and variant.attention[1] < variant.attention[0]
             with _sdpa_grouped_queries(grouped):
                 diagram = capture_model(model, batch, seq, dtype, patch=variant.patch,
-                                        overrides={**overrides, **variant.overrides})
+                                        overrides={**overrides, **variant.overrides},
+                                        attention=attention)
             _check(diagram, original, variant)
             masked = variant.mask is not None
             if masked not in base:

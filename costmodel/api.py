@@ -73,7 +73,7 @@ def prediction(priced: PlanCost, diagram: Diagram, *, plan: str = "eager") -> di
 
 
 def predict(cost_model: CostModel, model: str, target: str | HardwareProfile, *, batch: int = 1,
-            seq: int = 128, dtype: str = "fp32", plan: Plan | None = None,
+            seq: int = 128, dtype: str = "fp32", attention: str = "sdpa", plan: Plan | None = None,
             plan_doc: Mapping | None = None, plan_name: str = "eager",
             diagram: Diagram | None = None) -> dict:
     """Capture `model` (or take `diagram`, already captured) and price `plan` on `target`, as
@@ -83,7 +83,7 @@ def predict(cost_model: CostModel, model: str, target: str | HardwareProfile, *,
 
     hw = load_profile(target) if isinstance(target, str) else target
     hw.peak(dtype)  # a dtype the target has not is said before the capture
-    d = diagram or capture_model(model, batch, seq, dtype)
+    d = diagram or capture_model(model, batch, seq, dtype, attention=attention)
     if plan_doc is not None:
         check_plan(plan_doc, d, hw)
     return prediction(price(cost_model, d, hw, plan), d, plan=plan_name)

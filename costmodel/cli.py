@@ -15,6 +15,8 @@ from pathlib import Path
 from costmodel.errors import UserError
 from costmodel.ir.rules import COMPUTE_DTYPES
 
+ATTENTION = ("sdpa", "eager")  # costmodel.ir.zoo.ATTENTION, without importing torch here
+
 
 RUNNERS = ("cpu", "cuda", "fake")  # costmodel.measure.RUNNERS, without importing torch here
 
@@ -45,6 +47,9 @@ def add_workload_args(p: argparse.ArgumentParser, *, model_default: str | None =
     p.add_argument("--seq", type=positive_int, default=128, help="sequence length (default 128)")
     p.add_argument("--dtype", default="fp32", choices=COMPUTE_DTYPES,
                    help="compute dtype (default fp32; tf32 runs fp32 matmuls on tensor cores)")
+    p.add_argument("--attention", default="sdpa", choices=ATTENTION,
+                   help="how attention is computed: sdpa (default: one fused kernel, as PyTorch "
+                        "runs it today) or eager (matmul, softmax, matmul)")
 
 
 def add_cost_model_arg(p: argparse.ArgumentParser) -> None:
@@ -184,7 +189,8 @@ def _main(argv: Sequence[str] | None) -> int:
         cost_model = load_cost_model(args.cost_model)
         plan, plan_doc = (Plan(), None) if args.plan == "eager" else load_plan_file(args.plan)
         result = api.predict(cost_model, args.model, hw, batch=args.batch, seq=args.seq,
-                             dtype=args.dtype, plan=plan, plan_doc=plan_doc, plan_name=args.plan)
+                             dtype=args.dtype, attention=args.attention, plan=plan,
+                             plan_doc=plan_doc, plan_name=args.plan)
         print(json.dumps(result, indent=1) if args.json else _prediction_text(result, args.top))
         for warning in result["warnings"]:
             print(f"warning: {warning}", file=sys.stderr)
@@ -192,7 +198,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     from costmodel.ir.zoo import capture_model
 
-    diagram = capture_model(args.model, args.batch, args.seq, args.dtype)
+    diagram = capture_model(args.model, args.batch, args.seq, args.dtype, attention=args.attention)
     if args.json:
         print(diagram.to_json())
     else:

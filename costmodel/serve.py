@@ -2,7 +2,8 @@
 
     GET  /health                  {"status": "ok", "cost_model": ...}
     GET  /targets                 the hardware targets
-    POST /predict                 {"model", "target", "batch"?, "seq"?, "dtype"?, "plan"?: [decisions]}
+    POST /predict                 {"model", "target", "batch"?, "seq"?, "dtype"?, "attention"?,
+                                   "plan"?: [decisions]}
     POST /predict/diagram         {"diagram": <costmodel diagram --json>, "target", "plan"?}
 
 Both predictions answer with `costmodel.api.prediction`'s JSON, the shape `costmodel predict
@@ -44,14 +45,14 @@ class Service:
         self._diagrams: OrderedDict[tuple, Diagram] = OrderedDict()
         self._cache_size = cache_size
 
-    def diagram(self, model: str, batch: int, seq: int, dtype: str) -> Diagram:
+    def diagram(self, model: str, batch: int, seq: int, dtype: str, attention: str = "sdpa") -> Diagram:
         from costmodel.ir.zoo import capture_model
 
-        key = (model, batch, seq, dtype)
+        key = (model, batch, seq, dtype, attention)
         if key in self._diagrams:
             self._diagrams.move_to_end(key)
             return self._diagrams[key]
-        d = capture_model(model, batch, seq, dtype)
+        d = capture_model(model, batch, seq, dtype, attention=attention)
         self._diagrams[key] = d
         if len(self._diagrams) > self._cache_size:
             self._diagrams.popitem(last=False)
@@ -63,11 +64,12 @@ class Service:
         batch = _field(body, "batch", int, 1)
         seq = _field(body, "seq", int, 128)
         dtype = _field(body, "dtype", str, "fp32")
+        attention = _field(body, "attention", str, "sdpa")
         plan = self._plan(body)
         with self.lock:
             hw = load_profile(target)
             hw.peak(dtype)
-            diagram = self.diagram(model, batch, seq, dtype)
+            diagram = self.diagram(model, batch, seq, dtype, attention)
             return api.prediction(api.price(self.cost_model, diagram, hw, plan), diagram,
                                   plan="posted" if plan.decisions else "eager")
 

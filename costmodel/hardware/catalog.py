@@ -33,8 +33,10 @@ _SCALED = {
     "shared_memory_kib": ("shared_memory_per_unit", 2**10, 1),
 }
 _COUNTS = (
-    "compute_units", "fp32_lanes_per_unit", "tensor_core_generation", "registers_per_unit", "max_threads_per_unit",
+    "compute_units", "fp32_lanes_per_unit", "shared_int_lanes_per_unit", "tensor_core_generation",
+    "registers_per_unit", "max_threads_per_unit",
 )
+_ZERO_ALLOWED = frozenset(("shared_int_lanes_per_unit", "tensor_core_generation"))  # counts where 0 is a value
 _MEASURES = ("boost_clock_mhz", "base_clock_mhz", "tdp_watts")
 _TEXT = ("name", "kind", "display_name", "vendor", "architecture")
 _REQUIRED = (
@@ -102,8 +104,10 @@ def _read_profile(path: Path) -> tuple[HardwareProfile, tuple[str, ...]]:
     for key in _TEXT:
         if not isinstance(raw[key], str) or not raw[key]:
             raise fail(f"{key!r} must be a non-empty string")
-    if raw["kind"] not in ("gpu", "tpu"):
-        raise fail(f"kind {raw['kind']!r} must be 'gpu' or 'tpu' (the CPU profile is detected, not read)")
+    if raw["kind"] not in ("gpu", "tpu", "cpu"):
+        raise fail(f"kind {raw['kind']!r} must be 'gpu', 'tpu' or 'cpu'")
+    if raw["kind"] == "cpu" and raw["name"] == "cpu":
+        raise fail("name 'cpu' is this host, whose profile is detected, not read; name a CPU file after its model")
     if raw["name"] != path.stem:
         raise fail(f"name {raw['name']!r} must equal the file name {path.stem!r}")
     if raw["name"] != raw["name"].lower():
@@ -132,13 +136,16 @@ def _read_profile(path: Path) -> tuple[HardwareProfile, tuple[str, ...]]:
     for key in _COUNTS:
         if key in raw:
             value = raw[key]
-            minimum = 0 if key == "tensor_core_generation" else 1
+            minimum = 0 if key in _ZERO_ALLOWED else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise fail(f"{key!r} must be an integer >= {minimum}, got {value!r}")
             values[key] = value
     for key in _MEASURES:
         if key in raw:
             values[key] = float(_positive(fail, key, raw[key]))
+    shared, lanes = values.get("shared_int_lanes_per_unit"), values.get("fp32_lanes_per_unit")
+    if shared is not None and lanes is not None and shared > lanes:
+        raise fail(f"'shared_int_lanes_per_unit' ({shared}) must not exceed 'fp32_lanes_per_unit' ({lanes})")
 
     sources = raw["sources"]
     if not isinstance(sources, dict) or not all(isinstance(v, str) and v for v in sources.values()):

@@ -37,6 +37,7 @@ class HardwareProfile:
     compute_units: int  # SMs (GPU), TensorCores (TPU), physical cores (CPU)
     launch_overhead_s: float  # fixed cost per kernel, seconds (an assumption, see sources)
     fp32_lanes_per_unit: int | None = None  # FP32 FMA lanes per unit per cycle
+    shared_int_lanes_per_unit: int | None = None  # of those lanes, how many also run INT32 (0: own INT32 units)
     tensor_core_generation: int | None = None  # 0 = a GPU without tensor cores
     l2_bytes: int | None = None
     shared_memory_per_unit: int | None = None  # bytes a block may use on one SM

@@ -73,6 +73,7 @@ class _ScGPTLayer(nn.Module):
         self.ff1 = nn.Linear(cfg.d_model, cfg.d_ff)
         self.ff2 = nn.Linear(cfg.d_ff, cfg.d_model)
         self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.eager = False  # set by `build(attention="eager")`
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -81,8 +82,16 @@ class _ScGPTLayer(nn.Module):
         q, k, v = self.qkv(x).split(width if kv_width == width else [width, kv_width, kv_width], dim=2)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k, v = (t.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2) for t in (k, v))
-        gqa = {"enable_gqa": True} if self.n_kv_heads != self.n_heads else {}
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)  # (B, nh, T, hs)
+        if self.eager:  # matmul, softmax, matmul: the (T, T) scores go through memory
+            if self.n_kv_heads != self.n_heads:
+                k, v = (t.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1) for t in (k, v))
+            scores = (q @ k.transpose(-2, -1)) * self.head_dim ** -0.5  # (B, nh, T, T)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            y = torch.softmax(scores, dim=-1) @ v
+        else:
+            gqa = {"enable_gqa": True} if self.n_kv_heads != self.n_heads else {}
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, width)
         x = self.norm1(x + self.out(y))
         return self.norm2(x + self.ff2(F.relu(self.ff1(x))))
@@ -149,8 +158,10 @@ def build(model: str, batch: int = 1, seq: int = 128, dtype: str = "fp32", *,
     the vocabulary size), and the global RNG is left as it was. `overrides` replaces config
     entries (Hugging Face keys, or `ScGPTConfig` fields); `patch` is called on the built model
     (on meta, so modules it swaps in allocate nothing). Both build a variant of the model: for
-    architecture what-ifs, never for the model itself. `attention` is Hugging Face's
-    implementation: "sdpa" (one fused kernel) or "eager" (matmul, softmax, matmul).
+    architecture what-ifs, never for the model itself. `attention` is how attention is
+    computed: "sdpa" (one fused kernel, flash or memory-efficient by dtype and device; today's
+    default in Hugging Face) or "eager" (matmul, softmax, matmul: the scores written to memory,
+    as NeuSight's measurements ran).
     UserError for a bad size, dtype, attention or config."""
     if batch < 1 or seq < 1:
         raise UserError(f"batch and seq must be at least 1; got batch {batch}, seq {seq}")
@@ -166,7 +177,7 @@ def build(model: str, batch: int = 1, seq: int = 128, dtype: str = "fp32", *,
         if unknown:
             raise unknown_choice("scgpt config field", min(unknown), fields)
         return _scgpt(dataclasses.replace(config, **(overrides or {})), batch, seq, dtype, patch,
-                      device, seed)
+                      attention, device, seed)
     name = model if model in HF_ZOO else Path(model).stem
     return _huggingface({**config, **(overrides or {})}, name, batch, seq, dtype, patch,
                         attention, device, seed)
@@ -193,8 +204,8 @@ def _tokens(high: int, shape: tuple[int, ...], gen: torch.Generator | None) -> t
     return torch.randint(0, high, shape, generator=gen)
 
 
-def _scgpt(cfg: ScGPTConfig, batch: int, seq: int, dtype: str, patch, device: torch.device,
-           seed: int) -> Built:
+def _scgpt(cfg: ScGPTConfig, batch: int, seq: int, dtype: str, patch, attention: str,
+           device: torch.device, seed: int) -> Built:
     n_query = cfg.n_query if cfg.n_query is not None else seq // 4
     if not 0 < n_query < seq - 1:
         raise UserError(f"scgpt needs 1 to {seq - 2} query genes at seq {seq}; got {n_query}")
@@ -206,6 +217,8 @@ def _scgpt(cfg: ScGPTConfig, batch: int, seq: int, dtype: str, patch, device: to
     torch_dtype = TORCH_DTYPES[dtype]
     with _seeded(device, seed) as gen:
         module = ScGPT(cfg).to(torch_dtype).eval()
+        for layer in module.layers:
+            layer.eager = attention == "eager"
         genes = _tokens(cfg.n_genes, (batch, seq), gen)
         values = torch.zeros(batch, seq, dtype=torch_dtype) if gen is None else \
             torch.randn(batch, seq, generator=gen).to(torch_dtype)
@@ -213,7 +226,7 @@ def _scgpt(cfg: ScGPTConfig, batch: int, seq: int, dtype: str, patch, device: to
             patch(module)
     return Built(module, (genes, values), {}, "scgpt",
                  {"batch": batch, "seq": seq, "source": "zoo", "known_genes": seq - 1 - n_query,
-                  "query_genes": n_query})
+                  "query_genes": n_query, "attention": attention})
 
 
 def _huggingface(config: dict, name: str, batch: int, seq: int, dtype: str, patch,

@@ -78,6 +78,13 @@ class CostModel(abc.ABC):
     """
 
     name: str = "abstract"
+    identity: str = ""  # which weights: set by the registry from a checkpoint's bytes
+
+    @property
+    def key(self) -> str:
+        """The model and its weights, for names of what it made (a study): `identity`, else
+        `name`."""
+        return self.identity or self.name
 
     @abc.abstractmethod
     def predict(self, subdiagrams: Sequence[Subdiagram], target: HardwareProfile | str,
@@ -110,11 +117,14 @@ class CostModel(abc.ABC):
     def load(cls, path: str | Path) -> CostModel: ...
 
     def predict_model(self, model: str, batch: int, seq: int, target: HardwareProfile | str,
-                      dtype: str = "fp32", plan: Plan | None = None) -> PlanCost:
-        """Capture a zoo model or Hugging Face config.json and price `plan` (default eager)."""
+                      dtype: str = "fp32", plan: Plan | None = None, *,
+                      attention: str = "sdpa") -> PlanCost:
+        """Capture a zoo model or Hugging Face config.json (attention "sdpa" or "eager") and
+        price `plan` (default eager)."""
         from costmodel.ir.zoo import capture_model  # torch.export: loaded when first needed
 
-        return self.predict_plan(capture_model(model, batch, seq, dtype), target, plan)
+        return self.predict_plan(capture_model(model, batch, seq, dtype, attention=attention),
+                                 target, plan)
 
     def predict_plan(self, diagram: Diagram, target: HardwareProfile | str,
                      plan: Plan | None = None) -> PlanCost:

@@ -66,7 +66,7 @@ def load_cost_model(spec: str | CostModel = "gnn") -> CostModel:
     if spec == "roofline":
         return classes["roofline"]()
     if spec in LEARNED:
-        return classes[spec].load(default_checkpoint(spec))
+        return _identified(classes[spec].load(default_checkpoint(spec)), default_checkpoint(spec))
     path = Path(spec)
     if not path.is_file():
         raise unknown_choice("cost model", spec, [*COST_MODELS, "PATH (a saved model file)"])
@@ -87,7 +87,15 @@ def load_cost_model(spec: str | CostModel = "gnn") -> CostModel:
     if kind not in LEARNED:
         raise UserError(f"cost model file {spec!r} is not a saved feyntune cost model")
     try:
-        return classes[kind].load(path)
+        return _identified(classes[kind].load(path), path)
     except (KeyError, TypeError, RuntimeError) as e:
         raise UserError(f"cost model file {spec!r} is a damaged {kind} checkpoint "
                         f"({type(e).__name__}: {e})") from None
+
+
+def _identified(model: CostModel, path: Path) -> CostModel:
+    """`model` with its identity: its kind and a hash of the checkpoint's bytes."""
+    import hashlib
+
+    model.identity = f"{model.name}-{hashlib.sha256(path.read_bytes()).hexdigest()[:10]}"
+    return model

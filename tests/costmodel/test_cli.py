@@ -27,6 +27,21 @@ def test_predict_json_contract(capsys):
     assert all(s["ops"] and s["predicted_ms"] > 0 for s in doc["subdiagrams"])
 
 
+def test_attention_is_chosen_and_reported(capsys):
+    totals = {}
+    for attention in ("sdpa", "eager"):
+        assert main(["predict", "--model", "gpt2", "--seq", "256", "--target", "a100", "--json",
+                     "--cost-model", "roofline", "--attention", attention]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["attention"] == attention
+        totals[attention] = doc
+    assert totals["sdpa"]["diagram_hash"] != totals["eager"]["diagram_hash"]
+    assert any("softmax" in s["ops"] for s in totals["eager"]["subdiagrams"])
+    assert not any("softmax" in s["ops"] for s in totals["sdpa"]["subdiagrams"])
+    assert main(["predict", "--model", "gpt2", "--target", "a100", "--attention", "flash"]) == 2
+    assert "invalid choice: 'flash' (choose from 'sdpa', 'eager')" in capsys.readouterr().err
+
+
 def test_predict_text_and_diagram(capsys):
     assert main(["predict", "--model", "scgpt", "--seq", "64", "--target", "cpu"]) == 0
     assert "ms over" in capsys.readouterr().out

@@ -55,6 +55,8 @@ def test_predict_model_and_posted_diagram(server, capture):
     ("/predict", {"model": "scgpt", "seq": 32, "target": "a100", "plan": [{"x": 1}]}, None, 400,
      "plan does not apply"),
     ("/predict/diagram", {"diagram": {"vertices": []}, "target": "a100"}, None, 400, "not a diagram"),
+    ("/predict", {"model": "scgpt", "target": "a100", "attention": "flash"}, None, 400,
+     "valid choices: eager, sdpa"),
     ("/nowhere", {}, None, 404, "no such path"),
 ])
 def test_bad_requests_get_4xx_with_a_reason(server, path, body, raw, status, needle):
@@ -95,3 +97,11 @@ def test_http_and_cli_answer_with_the_same_json(server):
                 "diagram_hash", "warnings", "kernels"):
         assert cli_doc[key] == http_doc[key], key
     assert cli_doc["total_ms"] == pytest.approx(http_doc["total_ms"])
+
+
+def test_attention_over_http(server):
+    status, eager = call(server, "POST", "/predict",
+                         {"model": "gpt2", "seq": 64, "target": "a100", "attention": "eager"})
+    assert status == 200 and eager["attention"] == "eager"
+    status, sdpa = call(server, "POST", "/predict", {"model": "gpt2", "seq": 64, "target": "a100"})
+    assert status == 200 and sdpa["attention"] == "sdpa" and sdpa["diagram_hash"] != eager["diagram_hash"]

@@ -17,16 +17,24 @@ from costmodel.hardware import (
 )
 
 SHIPPED_DIR = Path(hardware.__file__).resolve().parents[2] / "hardware_profiles"
-ACCELERATORS = (
+GPUS = (
     "a100-pcie-40gb", "a100-sxm4-40gb", "a100-pcie-80gb", "a100-sxm4-80gb", "h100-sxm", "h100-pcie",
-    "h200", "l4", "t4", "v100-pcie-32gb", "v100-sxm2-16gb", "p100-pcie-16gb", "p4", "tpu-v3", "tpu-v4",
-    "tpu-v5e",
+    "h200", "l4", "t4", "v100-pcie-32gb", "v100-sxm2-16gb", "p100-pcie-16gb", "p4",
+    # the older machines of the DeepBench data
+    "gtx-1080ti", "titan-x-pascal", "titan-xp", "gtx-titan-x-maxwell", "tesla-m40", "radeon-instinct-mi25",
+    "radeon-vega-frontier",
 )
+TPUS = ("tpu-v3", "tpu-v4", "tpu-v5e")
+CPU_FILES = ("xeon-phi-7250",)  # CPUs read from a file, unlike this host's CPU ("cpu"), which is detected
+# Every shipped file (the name predates CPU files: the Xeon Phi is one of them, though not an accelerator).
+ACCELERATORS = (*GPUS, *TPUS, *CPU_FILES)
+KIND_OF = {**dict.fromkeys(GPUS, "gpu"), **dict.fromkeys(TPUS, "tpu"), **dict.fromkeys(CPU_FILES, "cpu")}
 # Fields that hold a figure from somewhere, and so need a source when set.
 FIGURES = (
     "peak_flops", "vector_flops", "memory_bytes", "memory_bandwidth", "compute_units", "launch_overhead_s",
-    "fp32_lanes_per_unit", "tensor_core_generation", "l2_bytes", "shared_memory_per_unit",
-    "registers_per_unit", "max_threads_per_unit", "boost_clock_mhz", "base_clock_mhz", "tdp_watts",
+    "fp32_lanes_per_unit", "shared_int_lanes_per_unit", "tensor_core_generation", "l2_bytes",
+    "shared_memory_per_unit", "registers_per_unit", "max_threads_per_unit", "boost_clock_mhz", "base_clock_mhz",
+    "tdp_watts",
 )
 
 
@@ -59,7 +67,7 @@ def test_list_profiles_is_every_shipped_file_plus_cpu():
 @pytest.mark.parametrize("name", ACCELERATORS)
 def test_profile_loads_with_positive_figures_and_a_source_for_each(name):
     profile = load_profile(name)
-    assert profile.name == name and profile.kind in ("gpu", "tpu")
+    assert profile.name == name and profile.name != "cpu" and profile.kind == KIND_OF[name]
     assert profile.dtypes and all(profile.peak(dtype) > 0 for dtype in profile.dtypes)
     assert profile.memory_bytes > 0 and profile.memory_bandwidth > 0
     assert profile.compute_units > 0 and profile.launch_overhead_s > 0
@@ -67,22 +75,84 @@ def test_profile_loads_with_positive_figures_and_a_source_for_each(name):
     missing = [field for field in _given_figures(profile) if not sources.get(field)]
     assert not missing, f"{name}: no source for {missing}"
     assert sources["launch_overhead_s"].startswith("assumption")
-    assert profile.launch_overhead_s == (5e-6 if profile.kind == "gpu" else 10e-6)
+    assert profile.launch_overhead_s == (10e-6 if profile.kind == "tpu" else 5e-6)
 
 
-@pytest.mark.parametrize("name", [n for n in ACCELERATORS if not n.startswith("tpu")])
+# 32-bit registers per SM (NVIDIA) or vector registers per CU (AMD GCN: 4 SIMDs x 64 KiB of 4-byte VGPRs).
+REGISTERS_PER_UNIT = {"NVIDIA": 65536, "AMD": 4 * 64 * 1024 // 4}
+
+
+@pytest.mark.parametrize("name", GPUS)
 def test_gpu_figures_agree_with_each_other(name):
     gpu = load_profile(name)
-    # fp32 matmul runs on the CUDA cores: the matrix and vector fp32 peaks are one figure.
+    assert gpu.kind == "gpu" and gpu.vendor in REGISTERS_PER_UNIT
+    # fp32 matmul runs on the vector ALUs: NVIDIA's tensor cores take fp32 only as tf32, and GCN (Vega) has no
+    # matrix units, so the matrix and vector fp32 peaks are one figure.
+    assert gpu.vendor == "NVIDIA" or gpu.architecture.startswith("gcn")
     assert gpu.peak("fp32") == gpu.vector_flops
     if gpu.tensor_core_generation:
         assert gpu.peak("fp16") > 3 * gpu.vector_flops
+    elif "fp16" in gpu.dtypes:  # no tensor cores: fp16 at twice the fp32 rate (P100, Vega's packed math)
+        assert gpu.peak("fp16") == pytest.approx(2 * gpu.vector_flops, rel=0.02)
     if gpu.boost_clock_mhz is not None:
         derived = gpu.compute_units * gpu.fp32_lanes_per_unit * 2 * gpu.boost_clock_mhz * 1e6
         assert derived == pytest.approx(gpu.vector_flops, rel=0.05)
     if gpu.base_clock_mhz is not None:
         assert gpu.base_clock_mhz < gpu.boost_clock_mhz
-    assert gpu.shared_memory_per_unit <= 228 * 1024 and gpu.registers_per_unit == 65536
+    assert gpu.registers_per_unit == REGISTERS_PER_UNIT[gpu.vendor]
+    if gpu.vendor == "NVIDIA":
+        assert gpu.shared_memory_per_unit <= 228 * 1024
+    else:  # AMD: the 64 KiB local data share of a CU, all of it open to one workgroup
+        assert gpu.shared_memory_per_unit == 64 * 1024
+
+
+@pytest.mark.parametrize("name", CPU_FILES)
+def test_cpu_file_figures_agree_with_each_other(name):
+    cpu = load_profile(name)
+    assert cpu.kind == "cpu" and cpu.name == name
+    assert cpu.peak("fp32") == cpu.vector_flops
+    # Intel counts the Xeon Phi's peak at its base clock, not its turbo clock.
+    derived = cpu.compute_units * cpu.fp32_lanes_per_unit * 2 * cpu.base_clock_mhz * 1e6
+    assert derived == pytest.approx(cpu.vector_flops, rel=0.05)
+    assert cpu.base_clock_mhz < cpu.boost_clock_mhz
+    # GPU-only fields stay unset rather than 0.
+    assert cpu.tensor_core_generation is None and cpu.shared_memory_per_unit is None
+    assert cpu.registers_per_unit is None
+
+
+@pytest.mark.parametrize("name", ACCELERATORS)
+def test_shared_int_lanes_are_at_most_the_fp32_lanes(name):
+    profile = load_profile(name)
+    if profile.shared_int_lanes_per_unit is not None:
+        assert profile.fp32_lanes_per_unit is not None
+        assert 0 <= profile.shared_int_lanes_per_unit <= profile.fp32_lanes_per_unit
+
+
+@pytest.mark.parametrize("name", GPUS)
+def test_shared_int_lanes_follow_the_architecture(name):
+    gpu = load_profile(name)
+    if gpu.vendor == "AMD":  # no source found for GCN: left out (hardware_profiles/README.md)
+        assert gpu.shared_int_lanes_per_unit is None
+        return
+    lanes = gpu.fp32_lanes_per_unit
+    expected = {
+        "maxwell": lanes, "pascal": lanes,  # every FP32 core also runs INT32
+        "volta": 0, "turing": 0, "hopper": 0,  # separate INT32 units
+        # GA100 (64 FP32 lanes per SM) has separate INT32 units; GA10x (128) shares 64 of its lanes, as Ada does
+        "ampere": 0 if lanes == 64 else 64, "ada": 64,
+    }[gpu.architecture]
+    assert gpu.shared_int_lanes_per_unit == expected
+
+
+def test_the_xeon_phi_is_a_cpu_file_beside_the_detected_host(cpu):
+    phi = load_profile("xeon-phi-7250")
+    assert phi.kind == "cpu" and phi.name != "cpu" and phi.vendor == "Intel"
+    assert load_profile("xeon-phi-7250f") is phi
+    assert load_profile("cpu") is cpu and cpu is not phi
+    assert {"cpu", "xeon-phi-7250"} <= set(list_profiles())
+    descriptor = phi.descriptor()
+    assert descriptor["is_cpu"] == 1.0 and descriptor["is_gpu"] == 0.0
+    assert descriptor["has_tensor_core_generation"] == 0.0
 
 
 @pytest.mark.parametrize(
@@ -95,6 +165,10 @@ def test_gpu_figures_agree_with_each_other(name):
         ("t4", ("fp32", "fp16")),
         ("p100-pcie-16gb", ("fp32", "fp16")),
         ("p4", ("fp32",)),
+        ("gtx-1080ti", ("fp32",)),  # GP102: fp16 at 1/64 rate
+        ("gtx-titan-x-maxwell", ("fp32",)),
+        ("radeon-instinct-mi25", ("fp32", "fp16")),  # Vega packed math
+        ("xeon-phi-7250", ("fp32",)),
         ("tpu-v4", ("bf16",)),
     ],
 )
@@ -250,6 +324,12 @@ def test_detect_gpu_here_returns_none_or_a_profile_without_raising():
         ("NVIDIA H200", "h200"),
         ("Tesla T4", "t4"),
         (b"Tesla V100-PCIE-32GB", "v100-pcie-32gb"),  # nvidia-ml-py < 11.5 returns bytes
+        ("GeForce GTX 1080 Ti", "gtx-1080ti"),
+        ("NVIDIA GeForce GTX 1080 Ti", "gtx-1080ti"),
+        ("TITAN X (Pascal)", "titan-x-pascal"),
+        ("NVIDIA TITAN Xp", "titan-xp"),
+        ("GeForce GTX TITAN X", "gtx-titan-x-maxwell"),
+        ("Tesla M40", "tesla-m40"),
     ],
 )
 def test_detect_gpu_maps_nvml_names(monkeypatch, nvml_name, expected):
@@ -309,6 +389,46 @@ def test_missing_key_or_source_names_the_file_and_key(tmp_path, drop, named):
     assert "t4.toml" in str(info.value) and named in str(info.value)
 
 
+def _write_text(directory: Path, name: str, text: str) -> Path:
+    path = directory / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_cpu_file_loads_under_its_own_name(tmp_path):
+    _write_text(tmp_path, "xeon-phi-7250", (SHIPPED_DIR / "xeon-phi-7250.toml").read_text())
+    assert list_profiles(directory=tmp_path) == ["cpu", "xeon-phi-7250"]
+    assert load_profile("xeon-phi-7250", directory=tmp_path) == load_profile("xeon-phi-7250")
+
+
+def test_a_cpu_file_may_not_take_the_hosts_name(tmp_path):
+    text = (SHIPPED_DIR / "xeon-phi-7250.toml").read_text().replace('name = "xeon-phi-7250"', 'name = "cpu"')
+    _write_text(tmp_path, "cpu", text)
+    with pytest.raises(UserError, match=r"cpu\.toml.*detected"):
+        list_profiles(directory=tmp_path)
+
+
+def test_an_unknown_kind_is_rejected(tmp_path):
+    _write_text(tmp_path, "t4", (SHIPPED_DIR / "t4.toml").read_text().replace('kind = "gpu"', 'kind = "fpga"'))
+    with pytest.raises(UserError, match=r"t4\.toml.*'fpga'"):
+        load_profile("t4", directory=tmp_path)
+
+
+def test_more_shared_int_lanes_than_fp32_lanes_is_rejected(tmp_path):
+    text = (SHIPPED_DIR / "t4.toml").read_text().replace(
+        "shared_int_lanes_per_unit = 0\n", "shared_int_lanes_per_unit = 65\n"
+    )
+    _write_text(tmp_path, "t4", text)
+    with pytest.raises(UserError, match=r"t4\.toml.*shared_int_lanes_per_unit"):
+        load_profile("t4", directory=tmp_path)
+
+
+def test_shared_int_lanes_need_a_source(tmp_path):
+    _write_variant(tmp_path, drop=('shared_int_lanes_per_unit = "',))
+    with pytest.raises(UserError, match=r"t4\.toml.*shared_int_lanes_per_unit"):
+        load_profile("t4", directory=tmp_path)
+
+
 def test_duplicate_alias_is_rejected(tmp_path):
     _write_variant(tmp_path, "v100-pcie-32gb")
     text = (SHIPPED_DIR / "p100-pcie-16gb.toml").read_text().replace('aliases = ["p100"]', 'aliases = ["v100"]')
@@ -317,7 +437,7 @@ def test_duplicate_alias_is_rejected(tmp_path):
         list_profiles(directory=tmp_path)
 
 
-@pytest.mark.parametrize("name", ["p100", "a100", "tpu-v4"])
+@pytest.mark.parametrize("name", ["p100", "a100", "tpu-v4", "radeon-instinct-mi25", "xeon-phi-7250"])
 def test_profile_survives_sorted_json(name):
     import json
 
