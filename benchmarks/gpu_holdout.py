@@ -23,8 +23,7 @@ still timed: its row has no diagram and says why in `extra_json`.
 
 `report` reads the rows of one GPU back from DATA (default datasets/data) and prints two tables.
 - Whole models: each workload as `CostModel.predict_model` prices it on the GPU's profile.
-- Kernels: the kernel rows by kind (library, inductor, sdpa), scored for the GNN, the roofline,
-  and the GBDT baseline trained on release 0.1.
+- Kernels: the kernel rows by class (library, inductor, sdpa), scored for each cost model.
 """
 from __future__ import annotations
 
@@ -102,23 +101,43 @@ def _pct(errors: list[float]) -> str:
     return f"{100 * statistics.fmean(errors):.1f}%" if errors else "n/a"
 
 
-def whole_models(root: Path, hardware: str, cost_models: dict) -> str:
-    """Each workload's measured median next to each cost model's prediction for `hardware`."""
+def holdout_workloads(root: Path, hardware: str) -> list[dict]:
+    """This benchmark's whole-model rows of `hardware`: workload, group ("neusight" or "zoo"),
+    model, batch, seq, dtype, attention and measured ms, fastest first."""
     m = read_table("measurements", root)
     m = m[(m["scope"] == "model") & (m["hardware"] == hardware) & m["runtime_ms"].notna()]
     configs = m["kernel_config_json"].map(json.loads)
     m = m[configs.map(lambda c: c.get("forward") == "module")]  # this benchmark's rows only
+    out = []
+    for r in m.sort_values("runtime_ms").itertuples():
+        e = json.loads(r.extra_json)
+        out.append({"workload": e["workload"], "model": e["model"], "batch": e["batch"],
+                    "seq": e["seq"], "dtype": e["dtype"], "attention": e.get("attention", "sdpa"),
+                    "group": "neusight" if (e["model"], e["batch"], e["seq"]) in NEUSIGHT else "zoo",
+                    "measured_ms": r.runtime_ms})
+    return out
+
+
+def whole_model_predictions(workloads: list[dict], hardware: str, cost_model) -> list[float]:
+    """Each workload as `CostModel.predict_model` prices it on `hardware`, in ms."""
+    return [cost_model.predict_model(w["model"], w["batch"], w["seq"], hardware, w["dtype"],
+                                     attention=w["attention"]).total_ms for w in workloads]
+
+
+def whole_models(root: Path, hardware: str, cost_models: dict) -> str:
+    """Each workload's measured median next to each cost model's prediction for `hardware`."""
+    workloads = holdout_workloads(root, hardware)
+    predicted = {n: whole_model_predictions(workloads, hardware, cm) for n, cm in cost_models.items()}
     head = ["workload", "measured ms"] + [f"{n} ms (error)" for n in cost_models]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     errors: dict[str, dict[str, list[float]]] = {n: {"neusight": [], "zoo": []} for n in cost_models}
-    for r in m.sort_values("runtime_ms").itertuples():
-        e = json.loads(r.extra_json)
-        group = "neusight" if (e["model"], e["batch"], e["seq"]) in NEUSIGHT else "zoo"
-        cells = [e["workload"] + (" (NeuSight)" if group == "neusight" else ""), f"{r.runtime_ms:.2f}"]
-        for name, cm in cost_models.items():
-            p = cm.predict_model(e["model"], e["batch"], e["seq"], hardware, e["dtype"]).total_ms
-            err = (p - r.runtime_ms) / r.runtime_ms
-            errors[name][group].append(abs(err))
+    for i, w in enumerate(workloads):
+        cells = [w["workload"] + (" (NeuSight)" if w["group"] == "neusight" else ""),
+                 f"{w['measured_ms']:.2f}"]
+        for name in cost_models:
+            p = predicted[name][i]
+            err = (p - w["measured_ms"]) / w["measured_ms"]
+            errors[name][w["group"]].append(abs(err))
             cells.append(f"{p:.2f} ({100 * err:+.1f}%)")
         lines.append("| " + " | ".join(cells) + " |")
     for group, label in (("neusight", "MAPE, NeuSight's workloads"), ("zoo", "MAPE, the zoo's")):
@@ -126,7 +145,8 @@ def whole_models(root: Path, hardware: str, cost_models: dict) -> str:
     return "\n".join(lines)
 
 
-def _kind(config: dict, sub) -> str:
+def kernel_kind(config: dict, sub) -> str:
+    """A measured kernel's class: the op and how it ran (library, Triton tiles, inductor, sdpa)."""
     compute = [v for v in sub.vertices if not v.is_free]
     if config.get("compiler") == "triton":
         return "matmul, Triton tiles"
@@ -139,45 +159,48 @@ def _kind(config: dict, sub) -> str:
     return f"{compute[0].kind}, library"
 
 
-def kernels(root: Path, hardware: str, cost_models: dict, release: Path, cache: Path) -> str:
-    """Kernel-level error on `hardware`'s kernel rows, by kind of kernel: the cost models, and
-    the GBDT baseline trained on `release` (TVM's approach; trained here, about a minute)."""
+def holdout_kernels(root: Path, hardware: str) -> list[tuple]:
+    """This GPU's kernel rows as (subdiagram, kernel config, its class, measured ms); rows that
+    time several kernels back to back are left out."""
     from costmodel.data.loader import back_to_back
-    from costmodel.hardware import load_profile
     from costmodel.ir.diagram import Subdiagram
     from costmodel.ir.plan import KernelConfig
-    from costmodel.models.gbdt import GBDTCostModel
-    from costmodel.models.train import training_graphs
 
     m = read_table("measurements", root)
     m = m[(m["scope"] == "kernel") & (m["hardware"] == hardware) & m["runtime_ms"].notna()]
     subs = read_table("subdiagrams", root, columns=["subdiagram_hash", "subdiagram_json"])
     records = dict(zip(subs["subdiagram_hash"], subs["subdiagram_json"]))
-    hw = load_profile(hardware)
     rows = []
     for r in m.itertuples():
         sub = Subdiagram.from_record(json.loads(records[r.subdiagram_hash]))
-        if back_to_back(r.kernel_config_json, sub):  # several kernels back to back, not one
+        if back_to_back(r.kernel_config_json, sub):
             continue
-        rows.append((sub, KernelConfig.from_record(r.kernel_config_json), json.loads(r.kernel_config_json),
-                     r.runtime_ms))
+        rows.append((sub, KernelConfig.from_record(r.kernel_config_json),
+                     kernel_kind(json.loads(r.kernel_config_json), sub), r.runtime_ms))
+    return rows
+
+
+def kernels(root: Path, hardware: str, cost_models: dict) -> str:
+    """Kernel-level error on `hardware`'s kernel rows, by class of kernel."""
+    from costmodel.hardware import load_profile
+
+    rows = holdout_kernels(root, hardware)
+    hw = load_profile(hardware)
     measured = [ms for *_, ms in rows]
     predicted = {name: cm.predict([s for s, *_ in rows], hw, [c for _, c, *_ in rows])
                  for name, cm in cost_models.items()}
-    gbdt = GBDTCostModel.fit(training_graphs(release, cache, progress=False))
-    predicted["gbdt"] = gbdt.predict([s for s, *_ in rows], hw, [c for _, c, *_ in rows])
-    names = [*cost_models, "gbdt"]
-    kinds = sorted({_kind(cfg, s) for s, _, cfg, _ in rows})
+    names = list(cost_models)
+    classes = sorted({k for _, _, k, _ in rows})
     lines = ["| kernels | n | " + " | ".join(f"{n} MAPE" for n in names) + " |",
              "|---|---:|" + "---:|" * len(names)]
-    for kind in [*kinds, "all"]:
-        idx = [i for i, (s, _, cfg, _) in enumerate(rows) if kind == "all" or _kind(cfg, s) == kind]
+    for kind in [*classes, "all"]:
+        idx = [i for i, (_, _, k, _) in enumerate(rows) if kind == "all" or k == kind]
         cells = [_pct([abs(predicted[n][i] - measured[i]) / measured[i] for i in idx]) for n in names]
         lines.append(f"| {kind} | {len(idx)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def report(root: Path, hardware: str, cost_models: list[str], release: Path, cache: Path) -> str:
+def report(root: Path, hardware: str, cost_models: list[str]) -> str:
     from costmodel.models.registry import load_cost_model
 
     models = {Path(name).stem if name.endswith(".pt") else name: load_cost_model(name)
@@ -185,7 +208,7 @@ def report(root: Path, hardware: str, cost_models: list[str], release: Path, cac
     return (f"Whole models on {hardware} (eager, fp32; prediction error in brackets)\n\n"
             + whole_models(root, hardware, models)
             + f"\n\nKernels on {hardware} (`costmodel collect --target cuda`)\n\n"
-            + kernels(root, hardware, models, release, cache))
+            + kernels(root, hardware, models))
 
 
 def main(argv=None) -> int:
@@ -201,9 +224,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("report", help="predicted vs measured for the rows in DATA")
     p.add_argument("data", nargs="?", default="datasets/data", help="dataset folder (default datasets/data)")
     p.add_argument("--hardware", default="h100-sxm", help="the GPU's rows to score (default h100-sxm)")
-    p.add_argument("--cost-models", default="gnn,roofline")
-    p.add_argument("--release", default="datasets/releases/0.1", help="what the GBDT baseline trains on")
-    p.add_argument("--cache", default="datasets/cache", help="kernel graph cache (default datasets/cache)")
+    p.add_argument("--cost-models", default="gnn,gbdt,roofline")
     args = parser.parse_args(argv)
     if args.command == "measure":
         workloads = WORKLOADS if not args.workloads else [
@@ -211,8 +232,7 @@ def main(argv=None) -> int:
             for w in args.workloads.split(",")]
         return 1 if measure(Path(args.out), workloads, device=args.device, warmup=args.warmup,
                             repeats=args.repeats) else 0
-    print(report(Path(args.data), args.hardware, args.cost_models.split(","), Path(args.release),
-                 Path(args.cache)))
+    print(report(Path(args.data), args.hardware, args.cost_models.split(",")))
     return 0
 
 

@@ -55,7 +55,21 @@ def add_workload_args(p: argparse.ArgumentParser, *, model_default: str | None =
 def add_cost_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cost-model", default="gnn",
                    help="gnn (default: the shipped checkpoint), gbdt (the shipped boosted trees), "
-                        "roofline, or a saved model file")
+                        "hybrid (their geometric mean), roofline, or a saved model file")
+
+
+def add_learning_args(p: argparse.ArgumentParser) -> None:
+    """What a learned model is trained on and how: seed, epochs, members, inputs, weights."""
+    p.add_argument("--data", default=None, help="release folder (default: the newest release)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs per ensemble member")
+    p.add_argument("--members", type=positive_int, default=None, help="ensemble size")
+    p.add_argument("--hardware", default=None, choices=("all", "physical", "ratios"),
+                   help="hardware descriptors the learned models see (default: GNNConfig's)")
+    p.add_argument("--weight", default=None, choices=("none", "time"),
+                   help="regression weights: none, or time (big kernels count more; default: "
+                        "GNNConfig's)")
+    add_guards_arg(p)
 
 
 def add_guards_arg(p: argparse.ArgumentParser) -> None:
@@ -98,13 +112,10 @@ def _parser() -> ArgumentParser:
     sub.add_parser("targets", help="list hardware targets")
 
     p = sub.add_parser("train", help="train a learned cost model on a dataset release")
-    p.add_argument("--model", default="gnn", choices=("gnn", "gbdt"), help="default gnn")
-    p.add_argument("--data", default=None, help="release folder (default: the newest release)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=positive_int, default=None, help="epochs per ensemble member")
-    p.add_argument("--members", type=positive_int, default=None, help="ensemble size")
-    p.add_argument("--out", default=None, help="checkpoint folder (default costmodel/checkpoints)")
-    add_guards_arg(p)
+    p.add_argument("--model", default="gnn", choices=("gnn", "gbdt", "hybrid"), help="default gnn")
+    add_learning_args(p)
+    p.add_argument("--out", default=None,
+                   help="checkpoint folder (default costmodel/models/checkpoints)")
     p.add_argument("--make-default", action="store_true",
                    help="make this checkpoint the one `--cost-model gnn` loads")
 
@@ -112,14 +123,12 @@ def _parser() -> ArgumentParser:
     p.add_argument("--protocol", required=True,
                    choices=("leave-one-gpu-out", "leave-one-model-out", "ranking"),
                    help="ranking: order of configs of one kernel on one machine, on held-out groups")
-    p.add_argument("--data", default=None, help="release folder (default: the newest release)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=positive_int, default=None, help="epochs per ensemble member")
-    p.add_argument("--members", type=positive_int, default=None, help="ensemble size")
-    p.add_argument("--gpus", default=None, help="comma-separated GPUs to hold out (default: all)")
-    p.add_argument("--hardware", default=None, choices=("all", "physical"),
-                   help="hardware descriptors the GNN sees (default: GNNConfig's)")
-    add_guards_arg(p)
+    add_learning_args(p)
+    p.add_argument("--gpus", default=None,
+                   help="comma-separated GPUs to hold out (default: every GPU with whole-model runs)")
+    p.add_argument("--methods", default="gnn,gbdt,hybrid,roofline",
+                   help="comma-separated methods to score (default gnn,gbdt,hybrid,roofline; the "
+                        "hybrid is the mean of the GNN's and the GBDT's ln(ms))")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("serve", help="serve predictions as JSON over HTTP")
@@ -229,14 +238,13 @@ def _learn(args) -> int:
     import dataclasses
 
     from costmodel.data.schema import DATASETS_DIR, RELEASES_DIR
-    from costmodel.models.gbdt import GBDTConfig
     from costmodel.models.gnn import GNNConfig
     from costmodel.models.registry import CHECKPOINTS
     from costmodel.models.train import train_checkpoint, training_graphs
 
     data = Path(args.data) if args.data else _newest_release(RELEASES_DIR)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("members", args.members),
-                                   ("hardware", getattr(args, "hardware", None))) if v}
+                                   ("hardware", args.hardware), ("weight", args.weight)) if v}
     if args.guards in ("off", "bound"):  # off: as the GNN was before the guards (older reports)
         overrides["clamp_hardware"] = False
     if args.guards in ("off", "clamp"):
@@ -244,7 +252,9 @@ def _learn(args) -> int:
     cfg = dataclasses.replace(GNNConfig(seed=args.seed), **overrides)
     if args.command == "train":
         if args.model == "gbdt":
-            cfg = GBDTConfig(seed=args.seed)
+            from costmodel.models.evaluate import gbdt_config
+
+            cfg = gbdt_config(cfg)
         model, path, seconds = train_checkpoint(args.model, data, cfg,
                                                 Path(args.out) if args.out else CHECKPOINTS,
                                                 make_default=args.make_default)
@@ -258,13 +268,20 @@ def _learn(args) -> int:
         format_table,
         leave_one_gpu_out,
         leave_one_model_out,
-        model_workloads,
         ranking,
         ranking_groups,
     )
+    from costmodel.models.examples import model_workloads
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = sorted(set(methods) - {"gnn", "gbdt", "hybrid", "roofline"})
+    if bad or not methods:
+        raise UserError(f"unknown methods {bad or args.methods!r}; valid: gnn, gbdt, hybrid, roofline")
+    if "hybrid" in methods and not {"gnn", "gbdt"} <= set(methods):
+        raise UserError("--methods hybrid needs gnn and gbdt too: it is their mean")
 
     if args.protocol == "ranking":
-        ranked = ranking(graphs, ranking_groups(data), cfg=cfg)
+        ranked = ranking(graphs, ranking_groups(data), cfg=cfg, methods=methods)
         if args.json:
             print(json.dumps({k: v.to_dict() for k, v in ranked.items()}, indent=1))
         else:
@@ -272,11 +289,11 @@ def _learn(args) -> int:
                                        ranked))
         return 0
     if args.protocol == "leave-one-gpu-out":
-        rows = leave_one_gpu_out(graphs, model_workloads(data), cfg=cfg,
+        rows = leave_one_gpu_out(graphs, model_workloads(data), cfg=cfg, methods=methods,
                                  gpus=args.gpus.split(",") if args.gpus else None)
         title = f"Leave one GPU out ({data.name}, seed {cfg.seed})"
     else:
-        rows = leave_one_model_out(graphs, model_workloads(data), cfg=cfg)
+        rows = leave_one_model_out(graphs, model_workloads(data), cfg=cfg, methods=methods)
         title = f"Leave one model family out ({data.name}, seed {cfg.seed})"
     if args.json:
         print(json.dumps({k: {"kernels": v.n, "kernel_mape": v.mape, "models": v.models,

@@ -100,7 +100,41 @@ class HardwareProfile:
         _put(features, "boost_clock_ghz", None if self.boost_clock_mhz is None else self.boost_clock_mhz / 1e3)
         _put(features, "base_clock_ghz", None if self.base_clock_mhz is None else self.base_clock_mhz / 1e3)
         _put(features, "tdp_watts", self.tdp_watts, log=True)
+        features.update(self.ratios())
         return features
+
+    def ratios(self) -> dict[str, float]:
+        """Descriptors a new target interpolates within, rather than extrapolates: figures per
+        compute unit and dimensionless ratios (a newer, bigger GPU is out of range in its totals,
+        seldom in these). 0.0 where a figure is missing.
+
+        - peak FP32 FLOP/s and bandwidth per unit, L2 bytes per unit (log10);
+        - watts per TFLOP/s of FP32 and per TB/s: how hard the power cap binds (a 70 W card
+          throttles under sustained load far below its boost clock);
+        - the base clock over the boost clock: the clock a board guarantees within its power
+          over the one it reaches when it can (0.37 on a 70 W T4, 0.94 on a 250 W GTX 1080 Ti;
+          1 where no base clock is published: no throttling assumed);
+        - the fraction of FP32 lanes that also run INT32 (address arithmetic then competes
+          with the math a GEMM's peak counts);
+        - each matrix dtype's peak over FP32's (log10): tensor cores by what they buy.
+        """
+        peaks = dict(self.peak_flops)
+        fp32 = peaks.get("fp32") or self.vector_flops or max(peaks.values())
+        units = self.compute_units
+        out = {"log10_fp32_flops_per_unit": math.log10(fp32 / units),
+               "log10_bandwidth_per_unit": math.log10(self.memory_bandwidth / units),
+               "log10_l2_bytes_per_unit": math.log10(self.l2_bytes / units) if self.l2_bytes else 0.0,
+               "log10_watts_per_fp32_tflops": math.log10(self.tdp_watts / (fp32 / 1e12))
+               if self.tdp_watts else 0.0,
+               "log10_watts_per_tb_s": math.log10(self.tdp_watts / (self.memory_bandwidth / 1e12))
+               if self.tdp_watts else 0.0,
+               "base_over_boost": self.base_clock_mhz / self.boost_clock_mhz
+               if self.base_clock_mhz and self.boost_clock_mhz else 1.0,
+               "shared_int_fraction": (self.shared_int_lanes_per_unit or 0) / self.fp32_lanes_per_unit
+               if self.fp32_lanes_per_unit else 0.0}
+        for dtype in ("tf32", "fp16", "bf16"):
+            out[f"log10_{dtype}_over_fp32"] = math.log10(peaks[dtype] / fp32) if dtype in peaks else 0.0
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> HardwareProfile:

@@ -27,7 +27,7 @@ from costmodel.data.shards import read_table
 from costmodel.ir.diagram import Diagram, Subdiagram
 from costmodel.ir.plan import KernelConfig, eager_partition
 from costmodel.models.base import Composition
-from costmodel.models.examples import Workload, workload_sums
+from costmodel.models.examples import Workload, programs_of, workload_sums
 from costmodel.models.features import to_data
 from costmodel.models.gbdt import GBDTConfig, GBDTCostModel, roofline_ln
 from costmodel.models.gnn import GNNConfig
@@ -75,17 +75,45 @@ class Scores:
     models: int  # whole models scored
 
 
+METHODS = ("gnn", "gbdt", "hybrid", "roofline")  # hybrid: the GNN's and the GBDT's mean ln(ms)
+
+
+def gbdt_config(cfg: GNNConfig) -> GBDTConfig:
+    """The GBDT baseline of a run: the GNN's seed, hardware inputs and weights."""
+    return GBDTConfig(seed=cfg.seed, hardware=cfg.hardware, weight=cfg.weight)
+
+
+def fit_methods(graphs: Sequence[Data], cfg: GNNConfig, methods: Sequence[str] = METHODS, *,
+                progress: bool = False) -> dict[str, Callable[[Sequence[Data]], np.ndarray]]:
+    """Each method trained on `graphs` (the roofline trains on nothing), as ln(ms) per graph."""
+    out: dict[str, Callable[[Sequence[Data]], np.ndarray]] = {}
+    if "gnn" in methods:
+        gnn = train(graphs, cfg, progress=progress)
+        out["gnn"] = lambda gs: gnn.predict_ln(gs)[0]
+    if "gbdt" in methods:
+        gbdt = GBDTCostModel.fit(graphs, gbdt_config(cfg))
+        out["gbdt"] = lambda gs: gbdt.predict_ln(gs)[0]
+    if "hybrid" in methods:
+        if "gnn" not in out or "gbdt" not in out:
+            raise ValueError("the hybrid is the GNN's and the GBDT's mean: score both with it")
+        gnn_ln, gbdt_ln = out["gnn"], out["gbdt"]
+        out["hybrid"] = lambda gs: 0.5 * (gnn_ln(gs) + gbdt_ln(gs))
+    if "roofline" in methods:
+        out["roofline"] = roofline_ln
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; valid: {', '.join(METHODS)}")
+    return out
+
+
 def score_fold(train_graphs: Sequence[Data], test_graphs: Sequence[Data],
                train_w: Sequence[Workload], test_w: Sequence[Workload], *,
-               cfg: GNNConfig, progress: bool = False) -> Scores:
-    """Train the GNN and the GBDT on one side, score them and the roofline on the other."""
+               cfg: GNNConfig, methods: Sequence[str] = METHODS, progress: bool = False) -> Scores:
+    """Train the learned methods on one side, score them and the roofline on the other."""
     true = np.exp([float(g.y[0]) for g in test_graphs])
-    gnn = train(train_graphs, cfg, progress=progress)
-    gbdt = GBDTCostModel.fit(train_graphs, GBDTConfig(seed=cfg.seed))
-    methods = {"gnn": lambda gs: gnn.predict_ln(gs)[0], "gbdt": lambda gs: gbdt.predict_ln(gs)[0],
-               "roofline": roofline_ln}
-    return Scores({k: mape(np.exp(f(test_graphs)), true) for k, f in methods.items()}, len(test_graphs),
-                  {k: model_mape(f, train_w, test_w) for k, f in methods.items()}, len(test_w))
+    fns = fit_methods(train_graphs, cfg, methods, progress=progress)
+    return Scores({k: mape(np.exp(f(test_graphs)), true) for k, f in fns.items()}, len(test_graphs),
+                  {k: model_mape(f, train_w, test_w) for k, f in fns.items()}, len(test_w))
 
 
 def by_hardware(graphs: Sequence[Data]) -> dict[str, list[int]]:
@@ -96,23 +124,30 @@ def by_hardware(graphs: Sequence[Data]) -> dict[str, list[int]]:
 
 
 def leave_one_gpu_out(graphs: Sequence[Data], workloads: Sequence[Workload], *, cfg: GNNConfig,
-                      gpus: Sequence[str] | None = None, progress: bool = True) -> dict[str, Scores]:
-    """Per GPU: train on every other machine's kernels (and fit the whole-model composition on
-    every other GPU's models), score this GPU's kernels and whole models."""
+                      gpus: Sequence[str] | None = None, methods: Sequence[str] = METHODS,
+                      progress: bool = True) -> dict[str, Scores]:
+    """Per GPU (default: every GPU with whole-model measurements): train on every other
+    machine's kernels (and fit the whole-model composition on every other GPU's models), score
+    this GPU's kernels and whole models. Each fold's training starts from the config's seed, so
+    a fold scores the same whichever folds run with it."""
     groups = by_hardware(graphs)
-    gpus = list(gpus or sorted(h for h in groups if not h.startswith(("cpu", "tpu"))))
+    gpus = list(gpus or sorted({w.hardware for w in workloads} & set(groups)))
+    missing = [g for g in gpus if g not in groups]
+    if missing:
+        raise ValueError(f"no kernels measured on {missing}; GPUs in the data: {', '.join(sorted(groups))}")
     out = {}
     for gpu in gpus:
         held = set(groups[gpu])
         train_set = [g for i, g in enumerate(graphs) if i not in held]
         test_set = [graphs[i] for i in sorted(held)]
         out[gpu] = score_fold(train_set, test_set, [w for w in workloads if w.hardware != gpu],
-                              [w for w in workloads if w.hardware == gpu], cfg=cfg, progress=progress)
+                              [w for w in workloads if w.hardware == gpu], cfg=cfg, methods=methods,
+                              progress=progress)
     return out
 
 
 def leave_one_model_out(graphs: Sequence[Data], workloads: Sequence[Workload], *, cfg: GNNConfig,
-                        progress: bool = True) -> dict[str, Scores]:
+                        methods: Sequence[str] = METHODS, progress: bool = True) -> dict[str, Scores]:
     """Per model family: train without any kernel measured in that family's graphs (kernel
     micro-benchmarks stay: they belong to no model) and fit the composition on the other
     families; score the family's whole models on every GPU, and its kernels."""
@@ -122,12 +157,13 @@ def leave_one_model_out(graphs: Sequence[Data], workloads: Sequence[Workload], *
         train_set = [g for g in graphs if g.diagram_hash not in held]
         test_set = [g for g in graphs if g.diagram_hash in held]
         out[family] = score_fold(train_set, test_set, [w for w in workloads if w.family != family],
-                                 [w for w in workloads if w.family == family], cfg=cfg, progress=progress)
+                                 [w for w in workloads if w.family == family], cfg=cfg,
+                                 methods=methods, progress=progress)
     return out
 
 
 def format_table(title: str, rows: dict[str, Scores]) -> str:
-    methods = ("gnn", "gbdt", "roofline")
+    methods = [m for m in METHODS if all(m in s.mape for s in rows.values())]
 
     def pct(x: float) -> str:
         return "n/a" if math.isnan(x) else f"{100 * x:.1f}%"
@@ -152,9 +188,9 @@ class RankGroup:
     """The configs a tuner chooses among for one kernel (or one set of ops) on one machine.
 
     `kernels[i]` are the kernels config i launches: a model's time for the config is the sum of
-    its predicted ms over them (a fusion group unfused is its ops' eager kernels). Empty when the
-    features cannot describe the configs (a TpuGraphs layout or tile of a whole XLA program):
-    only the random-order reference is scored then. `exclude`: kernel hashes that a model
+    its predicted ms over them (a fusion group unfused is its ops' eager kernels; a TpuGraphs
+    configuration, the program's graph with that configuration). Empty when the data has no
+    graph for them: only the random-order reference is scored then. `exclude`: kernel hashes that a model
     scored on this group must not have trained on, on `hardware`. `key` is what the split hashes."""
 
     family: str
@@ -184,7 +220,7 @@ def ranking_groups(data: str | Path) -> list[RankGroup]:
     - "tiles / HW": a matmul measured with two or more tile configs (and the library's own
       kernel where measured);
     - "SOURCE COLLECTION / HW": config-scope measurements of a whole program (TpuGraphs layouts
-      and tiles), which the kernel features do not describe.
+      and tiles): the program's graph with each configuration (`features.xla_vector`).
     A config measured more than once (other software) counts by its median."""
     m = read_table("measurements", data, columns=[
         "measurement_id", "scope", "subdiagram_hash", "diagram_hash", "hardware", "kernel_config_json",
@@ -228,10 +264,17 @@ def ranking_groups(data: str | Path) -> list[RankGroup]:
             ["source", "diagram_hash", "hardware", "kernel_config_json"])["runtime_ms"].median().items():
         family = f"{src} {json.loads(c).get('collection', 'config')} / {hw_name}"
         by_program[(family, h, hw_name)][c] = ms
+    programs_needed = {h for (_, h, _), runs in by_program.items() if len(runs) >= 2}
+    graphs_of = programs_of(data, programs_needed)
     for (family, h, hw_name), runs in sorted(by_program.items()):
-        if len(runs) >= 2:
-            names = sorted(runs)
-            out.append(RankGroup(family, h, hw_name, tuple(names), tuple(runs[c] for c in names)))
+        if len(runs) < 2:
+            continue
+        names = sorted(runs)
+        hw, sub = profiles.get(hw_name), graphs_of.get(h)
+        kernels = () if hw is None or sub is None else tuple(
+            (to_data(sub, hw, xla=json.loads(c)),) for c in names)
+        out.append(RankGroup(family, h, hw_name, tuple(names), tuple(runs[c] for c in names),
+                             kernels, frozenset({sub.hash}) if sub is not None else frozenset()))
     return out
 
 
@@ -319,21 +362,18 @@ def score_ranking(groups: Sequence[RankGroup],
 
 
 def ranking(graphs: Sequence[Data], groups: Sequence[RankGroup], *, cfg: GNNConfig,
-            progress: bool = True) -> dict[str, RankScores]:
+            methods: Sequence[str] = METHODS, progress: bool = True) -> dict[str, RankScores]:
     """Hold out half of each family's groups (`split_groups`); train the GNN and the GBDT on
     every kernel measurement except the held-out groups' (their kernels and, for a fusion group,
     its ops' eager kernels, on that machine); score the held-out groups' orders."""
     _, held = split_groups(groups, cfg.seed)
     excluded = {(h, g.hardware) for g in held for h in g.exclude}
     train_set = [g for g in graphs if (g.kernel_hash, g.hardware) not in excluded]
-    gnn = train(train_set, cfg, progress=progress)
-    gbdt = GBDTCostModel.fit(train_set, GBDTConfig(seed=cfg.seed))
-    return score_ranking(held, {"gnn": lambda gs: gnn.predict_ln(gs)[0],
-                                "gbdt": lambda gs: gbdt.predict_ln(gs)[0], "roofline": roofline_ln})
+    return score_ranking(held, fit_methods(train_set, cfg, methods, progress=progress))
 
 
 def format_ranking_table(title: str, rows: dict[str, RankScores]) -> str:
-    methods = ("gnn", "gbdt", "roofline")
+    methods = [m for m in METHODS if all(m in s.kendall_tau for s in rows.values())]
 
     def num(x: float, percent: bool = False) -> str:
         if math.isnan(x):

@@ -11,6 +11,7 @@ new file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -40,7 +41,13 @@ class KernelDataset(InMemoryDataset):
     def __init__(self, root: str | Path, *, data: str | Path = DATA_DIR, progress: bool = True,
                  transform=None) -> None:
         self.data_dir = Path(data)
-        self.fp = f"{fingerprint(self.data_dir)[:16]}-{features.code_hash()}"
+        self.profiles = hardware_profiles(self.data_dir)
+        described = json.dumps({k: p.to_dict() for k, p in sorted(self.profiles.items())},
+                               sort_keys=True, default=str)
+        # The data, the feature code and the hardware it is read with: a profile added or
+        # corrected (a machine that had none) makes a new cache.
+        self.fp = (f"{fingerprint(self.data_dir)[:16]}-{features.code_hash()}-"
+                   f"{hashlib.sha256(described.encode()).hexdigest()[:8]}")
         self.progress = progress
         self.skipped: dict[str, int] = {}
         super().__init__(str(root), transform)
@@ -63,7 +70,7 @@ class KernelDataset(InMemoryDataset):
                & (m["runtime_ms"] > 0) & m["subdiagram_hash"].notna()]
         subs = read_table("subdiagrams", self.data_dir, columns=["subdiagram_hash", "subdiagram_json"])
         records = dict(zip(subs["subdiagram_hash"], subs["subdiagram_json"]))
-        profiles = hardware_profiles(self.data_dir)
+        profiles = self.profiles
         built: dict[str, Subdiagram] = {}
         graphs = []
         for row in tqdm(ok.itertuples(), total=len(ok), desc="kernel graphs", disable=not self.progress):
@@ -92,7 +99,35 @@ class KernelDataset(InMemoryDataset):
             data.measurement_id = row.measurement_id
             data.diagram_hash = row.diagram_hash if isinstance(row.diagram_hash, str) else ""
             graphs.append(data)
+        graphs += self._programs(m, profiles)
         self.save(graphs, self.processed_paths[0])
+
+    def _programs(self, m, profiles) -> list:
+        """Whole programs measured under compiler configurations (TpuGraphs' "config" rows):
+        the program's graph, with its configuration in `config` (`features.xla_vector`)."""
+        rows = m[(m["scope"] == "config") & m["runtime_ms"].notna() & m["error"].isna()
+                 & (m["runtime_ms"] > 0) & m["diagram_hash"].notna()]
+        programs = programs_of(self.data_dir, set(rows["diagram_hash"]))
+        out = []
+        for row in rows.itertuples():
+            hw, sub = profiles.get(row.hardware), programs.get(row.diagram_hash)
+            if hw is None or sub is None:
+                self.skipped["program without profile or graph"] = \
+                    self.skipped.get("program without profile or graph", 0) + 1
+                continue
+            data = features.to_data(sub, hw, xla=json.loads(row.kernel_config_json))
+            data.y = torch.tensor([math.log(row.runtime_ms)], dtype=torch.float32)
+            data.hardware, data.source = row.hardware, row.source
+            data.measurement_id, data.diagram_hash = row.measurement_id, row.diagram_hash
+            out.append(data)
+        return out
+
+
+def programs_of(directory: str | Path, hashes: set[str]) -> dict[str, Subdiagram]:
+    """Each stored diagram of `hashes` as one subdiagram: a whole program run as one unit."""
+    from costmodel.data.loader import diagrams
+
+    return {h: d.subdiagram([v.name for v in d.vertices]) for h, d in diagrams(directory, hashes).items()}
 
 
 # Vertices of a repeated transformer block (NeuSight's graphs hold block 0 of `num_layer`).
@@ -137,7 +172,7 @@ def model_workloads(data: str | Path) -> list[Workload]:
     for row, node in zip(nodes.itertuples(), node_of):
         kind, module = vertex.get((row.diagram_hash, node), ("free", ""))
         if kind != "free" and row.subdiagram_hash in records:
-            kernels[(row.diagram_hash, row.hardware)].append((row.subdiagram_hash, module))
+            kernels[(row.diagram_hash, row.hardware)].append((row.subdiagram_hash, module, row.runtime_ms))
     built: dict[str, Subdiagram] = {}
     out = []
     for row in models.itertuples():
@@ -148,12 +183,14 @@ def model_workloads(data: str | Path) -> list[Workload]:
             continue
         layers = int(info.get("num_layer") or 1)
         graphs = []
-        for h, _ in here:
+        for h, _, ms in here:
             if h not in built:
                 built[h] = Subdiagram.from_record(json.loads(records[h]))
             graphs.append(to_data(built[h], hw))
+            if isinstance(ms, float) and ms > 0:  # what the kernel measured alone, for diagnosis
+                graphs[-1].y = torch.tensor([math.log(ms)], dtype=torch.float32)
         out.append(Workload(info.get("workload", row.diagram_hash), row.hardware, row.runtime_ms,
-                            tuple(graphs), tuple(layers if LAYER.search(mod) else 1 for _, mod in here),
+                            tuple(graphs), tuple(layers if LAYER.search(mod) else 1 for _, mod, _ in here),
                             row.diagram_hash))
     return out
 

@@ -32,7 +32,9 @@ MAX_RANK = 4
 NODE_DIM = (len(NODE_TYPES) + len(OP_KINDS) + len(DTYPES) + 3 + MAX_RANK + 1 + len(MASK_KINDS)
             + 1 + len(ROLES))
 EDGE_DIM = 1 + 4  # log2 bytes, argument position one-hot (0, 1, 2, 3+)
-CONFIG_DIM = 8
+KERNEL_CONFIG_DIM = 8  # a Triton-style KernelConfig
+XLA_CONFIG_DIM = 16  # an XLA tile or layout configuration (TpuGraphs)
+CONFIG_DIM = KERNEL_CONFIG_DIM + XLA_CONFIG_DIM
 ROOFLINE_DIM = 4
 LN10 = math.log(10.0)
 
@@ -56,17 +58,55 @@ def _tensor_node(p: Propagator, node_type: str) -> list[float]:
             + _onehot(p.role, ROLES))
 
 
-def config_vector(config: KernelConfig | None) -> list[float]:
+def config_vector(config: KernelConfig | None, xla: dict | None = None) -> list[float]:
+    """A kernel config (zeros: the library's own choice), then an XLA config (`xla_vector`)."""
     if config is None:
-        return [0.0] * CONFIG_DIM
-    return [1.0, math.log2(config.block_m), math.log2(config.block_n), math.log2(config.block_k),
-            math.log2(config.num_warps), float(config.num_stages), math.log2(config.split_k),
-            float(config.skip_masked)]
+        kernel = [0.0] * KERNEL_CONFIG_DIM
+    else:
+        kernel = [1.0, math.log2(config.block_m), math.log2(config.block_n), math.log2(config.block_k),
+                  math.log2(config.num_warps), float(config.num_stages), math.log2(config.split_k),
+                  float(config.skip_masked)]
+    return kernel + xla_vector(xla)
 
 
-def to_data(sub: Subdiagram, hw: HardwareProfile, config: KernelConfig | None = None) -> Data:
+def _bounds(values: list) -> list[float]:
+    """log2(1 + product), the count, log2(1 + largest) of a list of tile bounds."""
+    values = [int(v) for v in values or []]
+    return [_log2(math.prod(values)) if values else 0.0, float(len(values)),
+            _log2(max(values)) if values else 0.0]
+
+
+def xla_vector(config: dict | None) -> list[float]:
+    """An XLA compiler configuration of a TpuGraphs program as XLA_CONFIG_DIM numbers (zeros
+    when there is none):
+    - a tile config (the op-tuning collection): output, kernel, input and iteration bounds,
+      each as log2(1 + product), count and log2(1 + largest);
+    - a layout config: how many nodes it lays out (log2), the fraction of their layouts that
+      are the default (minor_to_major descending), that keep the last dimension minor, and
+      that are left to the compiler (empty)."""
+    out = [0.0] * XLA_CONFIG_DIM
+    if not config or config.get("collection") not in ("tile", "layout"):
+        return out
+    if config["collection"] == "tile":
+        values = [1.0, 0.0]
+        for key in ("output_bounds", "kernel_bounds", "input_bounds", "iteration_bounds"):
+            values += _bounds(config.get(key))
+    else:
+        layouts = [m for per_node in config.get("nodes", {}).values() for m in per_node]
+        n = max(len(layouts), 1)
+        default = sum(bool(m) and list(m) == sorted(m, reverse=True) for m in layouts) / n
+        last_minor = sum(bool(m) and m[0] == max(m) for m in layouts) / n
+        empty = sum(not m for m in layouts) / n
+        values = [0.0, 1.0, _log2(len(config.get("nodes", {}))), default, last_minor, empty]
+    out[:len(values)] = values
+    return out
+
+
+def to_data(sub: Subdiagram, hw: HardwareProfile, config: KernelConfig | None = None,
+            xla: dict | None = None) -> Data:
     """The kernel as a PyG graph with x (N, NODE_DIM), edge_index (2, E), edge_attr (E, EDGE_DIM),
-    and graph attributes hw (1, H), config (1, CONFIG_DIM), roofline (1, ROOFLINE_DIM)."""
+    and graph attributes hw (1, H), config (1, CONFIG_DIM: the kernel config, then `xla`, a
+    TpuGraphs program's compiler config), roofline (1, ROOFLINE_DIM)."""
     x: list[list[float]] = []
     index: dict[tuple[str, str], int] = {}
     for v in sub.vertices:
@@ -106,10 +146,48 @@ def to_data(sub: Subdiagram, hw: HardwareProfile, config: KernelConfig | None = 
         edge_index=torch.tensor([src, dst], dtype=torch.long).reshape(2, -1),
         edge_attr=torch.tensor(attr, dtype=torch.float32).reshape(-1, EDGE_DIM),
         hw=torch.tensor([list(hw.descriptor().values())], dtype=torch.float32),
-        config=torch.tensor([config_vector(config)], dtype=torch.float32),
+        config=torch.tensor([config_vector(config, xla)], dtype=torch.float32),
         roofline=torch.tensor([roofline], dtype=torch.float32),
         kernel_hash=sub.hash,
     )
+
+
+# The hardware descriptors a learned model sees, by name (`HardwareProfile.descriptor` keys):
+# "all"; "physical": peaks, bandwidth, ridge, units, caches, clock, power, and no flag that only
+# one GPU has; "ratios": figures per unit and dimensionless ratios a new GPU interpolates within
+# (`HardwareProfile.ratios`), with the ridge, shared memory, tensor-core generation and clock.
+PHYSICAL = ("is_cpu", "log10_peak_flops_fp32", "log10_vector_flops", "log10_memory_bytes",
+            "log10_memory_bandwidth", "log10_ridge_flops_per_byte", "log10_compute_units",
+            "log10_l2_bytes", "log10_shared_memory_per_unit", "boost_clock_ghz", "log10_tdp_watts")
+RATIOS = ("is_gpu", "is_tpu", "is_cpu", "log10_ridge_flops_per_byte", "log10_shared_memory_per_unit",
+          "tensor_core_generation", "boost_clock_ghz", "log10_fp32_flops_per_unit",
+          "log10_bandwidth_per_unit", "log10_l2_bytes_per_unit", "log10_watts_per_fp32_tflops",
+          "log10_watts_per_tb_s", "base_over_boost", "shared_int_fraction", "log10_tf32_over_fp32",
+          "log10_fp16_over_fp32", "log10_bf16_over_fp32")
+HARDWARE = ("all", "physical", "ratios")
+
+
+def hardware_columns(kind: str) -> tuple[int, ...]:
+    """Indices of the descriptors a model of hardware `kind` (`HARDWARE`) sees."""
+    from costmodel.hardware import load_profile
+
+    keys = list(load_profile("a100").descriptor())
+    if kind == "all":
+        return tuple(range(len(keys)))
+    if kind in ("physical", "ratios"):
+        return tuple(keys.index(k) for k in (PHYSICAL if kind == "physical" else RATIOS))
+    raise ValueError(f"unknown hardware features {kind!r}; valid: {', '.join(HARDWARE)}")
+
+
+def sample_weights(y_ln_ms: torch.Tensor, kind: str) -> torch.Tensor:
+    """Regression weights (mean 1): "none", or "time": (ms / median ms)^0.5, clipped to
+    [0.05, 20], so a model's big kernels, which make its time, count for more."""
+    if kind == "none":
+        return torch.ones_like(y_ln_ms)
+    if kind != "time":
+        raise ValueError(f"unknown weight {kind!r}; valid: none, time")
+    w = torch.exp(0.5 * (y_ln_ms - y_ln_ms.median())).clamp(0.05, 20.0)
+    return w / w.mean()
 
 
 def roofline_ln_ms(data: Data) -> torch.Tensor:

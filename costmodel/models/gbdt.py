@@ -30,12 +30,16 @@ class GBDTConfig:
 
     max_iter: int = 300  # boosting rounds (fewer when early stopping ends them)
     learning_rate: float = 0.1
+    hardware: str = "all"  # the descriptors it sees (features.HARDWARE)
+    weight: str = "none"  # sample weights (features.sample_weights)
     seed: int = 0
 
 
-def flat_features(graphs: Sequence[Data]) -> np.ndarray:
-    """One row per kernel: node features summed and maxed, hardware, config, roofline terms."""
-    rows = [torch.cat([g.x.sum(0), g.x.max(0).values, g.hw[0], g.config[0], g.roofline[0]])
+def flat_features(graphs: Sequence[Data], hardware: str = "all") -> np.ndarray:
+    """One row per kernel: node features summed and maxed, the hardware descriptors of kind
+    `hardware`, config, roofline terms."""
+    cols = list(features.hardware_columns(hardware))
+    rows = [torch.cat([g.x.sum(0), g.x.max(0).values, g.hw[0, cols], g.config[0], g.roofline[0]])
             for g in graphs]
     return torch.stack(rows).double().numpy() if rows else np.zeros((0, 0))
 
@@ -125,11 +129,13 @@ class GBDTCostModel(GraphCostModel):
 
         if not graphs:
             raise ValueError("no training examples")
-        X = flat_features(graphs)
-        y = np.array([float(g.y[0]) for g in graphs]) - roofline_ln(graphs)
+        X = flat_features(graphs, config.hardware)
+        ln = torch.tensor([float(g.y[0]) for g in graphs])
+        y = ln.numpy() - roofline_ln(graphs)
         model = HistGradientBoostingRegressor(max_iter=config.max_iter,
                                               learning_rate=config.learning_rate,
-                                              random_state=config.seed).fit(X, y)
+                                              random_state=config.seed)
+        model.fit(X, y, sample_weight=features.sample_weights(ln, config.weight).numpy())
         hw = torch.cat([g.hw for g in graphs])
         trained_on = {"features_hash": features.code_hash(), **(trained_on or {})}
         return cls(config, Trees.of(model), X.shape[1], trained_on=trained_on,
@@ -138,7 +144,7 @@ class GBDTCostModel(GraphCostModel):
     def predict_ln(self, graphs: Sequence[Data]) -> tuple[np.ndarray, np.ndarray]:
         if not graphs:
             return np.zeros(0), np.zeros(0)
-        X = flat_features(graphs)
+        X = flat_features(graphs, self.config.hardware)
         if X.shape[1] != self.n_features:
             raise UserError(f"this GBDT was trained on {self.n_features} features, these "
                             f"kernels have {X.shape[1]}: retrain it (costmodel train --model gbdt)")

@@ -36,7 +36,6 @@ from torch_geometric.nn import (
 )
 
 from costmodel.errors import UserError
-from costmodel.hardware import load_profile
 from costmodel.models import features
 from costmodel.models.base import Composition
 from costmodel.models.learned import GraphCostModel
@@ -61,11 +60,14 @@ class GNNConfig:
     # Hardware inputs: "all" descriptors, or "physical" ones only (peaks, bandwidth, ridge,
     # units, caches, clock, power): flags that only one GPU has let the head tell GPUs apart
     # instead of learning physics (DESIGN: prefer physically meaningful quantities).
-    hardware: str = "all"
+    hardware: str = "all"  # or "physical", "ratios" (features.HARDWARE)
     # Standardised descriptors clamped to the training range (Normaliser.lo/hi).
     clamp_hardware: bool = True
     # Bounds of ln(measured / roofline) the head's output is squashed into (a sigmoid), or None.
     correction: tuple[float, float] | None = (-2.5, 4.0)
+    # Sample weights of the regression: "none", or "time": a kernel weighs (ms / median)^0.5,
+    # so the kernels that make up a whole model's time count for more than the many tiny ones.
+    weight: str = "none"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -76,13 +78,14 @@ class GNNConfig:
 class KernelGNN(nn.Module):
     """One ensemble member. Input: a batch of kernel graphs; output: ln(ms), one per graph."""
 
-    def __init__(self, cfg: GNNConfig, hw_dim: int) -> None:
+    def __init__(self, cfg: GNNConfig, hw_dim: int, config_dim: int = features.CONFIG_DIM) -> None:
         super().__init__()
         h = cfg.hidden
         self.encode = nn.Sequential(nn.Linear(features.NODE_DIM, h), nn.ReLU(), nn.Linear(h, h))
         self.convs = nn.ModuleList(self._conv(cfg.conv, h) for _ in range(cfg.layers))
         self.norms = nn.ModuleList(nn.LayerNorm(h) for _ in range(cfg.layers))
-        context = hw_dim + features.CONFIG_DIM + features.ROOFLINE_DIM
+        self.config_dim = config_dim  # checkpoints from before the XLA configs read the first 8
+        context = hw_dim + config_dim + features.ROOFLINE_DIM
         self.head = nn.Sequential(nn.Linear(3 * h + context, 2 * h), nn.ReLU(),
                                   nn.Linear(2 * h, h), nn.ReLU(), nn.Linear(h, 1))
         self.correction = cfg.correction
@@ -106,27 +109,12 @@ class KernelGNN(nn.Module):
             x = norm(x + torch.relu(update))
         g = torch.cat([global_add_pool(x, data.batch) / 8.0, global_mean_pool(x, data.batch),
                        global_max_pool(x, data.batch)], dim=1)  # (G, 3h)
-        z = torch.cat([g, hw, data.config, data.roofline], dim=1)
+        z = torch.cat([g, hw, data.config[:, :self.config_dim], data.roofline], dim=1)
         c = self.head(z).squeeze(-1)
         if self.correction is not None:
             lo, hi = self.correction
             c = lo + (hi - lo) * torch.sigmoid(c)
         return features.roofline_ln_ms(data) + c
-
-
-PHYSICAL = ("is_cpu", "log10_peak_flops_fp32", "log10_vector_flops", "log10_memory_bytes",
-            "log10_memory_bandwidth", "log10_ridge_flops_per_byte", "log10_compute_units",
-            "log10_l2_bytes", "log10_shared_memory_per_unit", "boost_clock_ghz", "log10_tdp_watts")
-
-
-def hardware_columns(kind: str) -> tuple[int, ...]:
-    """Indices of the descriptor features a model of `GNNConfig.hardware` kind sees."""
-    keys = list(load_profile("a100").descriptor())
-    if kind == "all":
-        return tuple(range(len(keys)))
-    if kind == "physical":
-        return tuple(keys.index(k) for k in PHYSICAL)
-    raise ValueError(f"unknown hardware features {kind!r}; valid: all, physical")
 
 
 @dataclass(frozen=True)
@@ -197,7 +185,8 @@ class GNNCostModel(GraphCostModel):
     def save(self, path: str | Path) -> None:
         torch.save({"cost_model": "gnn", "config": asdict(self.config),
                     "hw_dim": self.members[0].head[0].in_features - 3 * self.config.hidden
-                    - features.CONFIG_DIM - features.ROOFLINE_DIM,
+                    - self.members[0].config_dim - features.ROOFLINE_DIM,
+                    "config_dim": self.members[0].config_dim,
                     "features_version": features_version(),
                     "members": [m.state_dict() for m in self.members],
                     "normaliser": asdict(self.normaliser), "trained_on": self.trained_on,
@@ -208,7 +197,7 @@ class GNNCostModel(GraphCostModel):
     @classmethod
     def load(cls, path: str | Path) -> GNNCostModel:
         doc = torch.load(Path(path), weights_only=True)
-        if doc.get("features_version") != features_version():
+        if not _loadable(doc.get("features_version", "")):
             raise UserError(f"{path} was trained on features of sizes {doc.get('features_version')}, "
                             f"these are {features_version()}: it cannot load; retrain it "
                             "(costmodel train)")
@@ -216,14 +205,24 @@ class GNNCostModel(GraphCostModel):
         cfg = GNNConfig(**{"clamp_hardware": False, "correction": None, **doc["config"]})
         members = []
         for state in doc["members"]:
-            m = KernelGNN(cfg, doc["hw_dim"])
+            m = KernelGNN(cfg, doc["hw_dim"], doc.get("config_dim", features.KERNEL_CONFIG_DIM))
             m.load_state_dict(state)
             members.append(m)
         norm = Normaliser(**{k: tuple(v) for k, v in doc["normaliser"].items()})
+        if not norm.columns:  # "every descriptor" when it was saved: those, not ones added since
+            norm = dataclasses.replace(norm, columns=tuple(range(len(norm.mean))))
         rng = doc.get("hw_range")
         return cls(cfg, members, norm, trained_on=doc["trained_on"],
                    composition=Composition(**doc.get("composition", {})),
                    hw_range=None if rng is None else (tuple(rng[0]), tuple(rng[1])))
+
+
+def _loadable(version: str) -> bool:
+    """Whether a checkpoint's feature sizes can run here: the same node, edge and roofline
+    sizes, and at most this many config numbers (older ones read the first of them)."""
+    parts = version.split(":")
+    now = features_version().split(":")
+    return len(parts) == 4 and parts[:2] == now[:2] and parts[3] == now[3] and int(parts[2]) <= int(now[2])
 
 
 def features_version() -> str:

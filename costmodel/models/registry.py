@@ -1,4 +1,5 @@
-"""Cost models by name: "roofline", the shipped "gnn" and "gbdt" checkpoints, or a saved file.
+"""Cost models by name: "roofline", the shipped "gnn", "gbdt" and "hybrid" checkpoints, or a
+saved file.
 
 The shipped checkpoints live in `CHECKPOINTS`; its `DEFAULT` file names the one each learned
 kind loads, a line "KIND FILE" per kind (`costmodel train --make-default` writes it; an older
@@ -14,16 +15,17 @@ from costmodel.models.base import CostModel
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_POINTER = "DEFAULT"
-LEARNED = ("gnn", "gbdt")  # kinds with a shipped checkpoint
-COST_MODELS = ("gnn", "gbdt", "roofline")  # the names `load_cost_model` takes, besides a file
+LEARNED = ("gnn", "gbdt", "hybrid")  # kinds with a shipped checkpoint
+COST_MODELS = ("gnn", "gbdt", "hybrid", "roofline")  # the names `load_cost_model` takes, besides a file
 
 
 def _classes() -> dict[str, type[CostModel]]:
     from costmodel.models.gbdt import GBDTCostModel
     from costmodel.models.gnn import GNNCostModel
+    from costmodel.models.hybrid import HybridCostModel
     from costmodel.models.roofline import Roofline
 
-    return {"gnn": GNNCostModel, "gbdt": GBDTCostModel, "roofline": Roofline}
+    return {"gnn": GNNCostModel, "gbdt": GBDTCostModel, "hybrid": HybridCostModel, "roofline": Roofline}
 
 
 def defaults(folder: Path = CHECKPOINTS) -> dict[str, str]:

@@ -124,7 +124,9 @@ def tile_efficiency(batch: int, m: int, n: int, config: KernelConfig, hw: Hardwa
 def peak_flops(hw: HardwareProfile, v: Vertex) -> float:
     """FLOP/s a vertex can reach: the matrix peak for matmul, conv and attention, else the vector peak."""
     calibrated = dict(hw.calibration)
-    if v.kind in ("matmul", "conv", "attention") and v.dtype in ("fp32", "tf32", "fp16", "bf16"):
+    if v.kind in ("matmul", "conv", "attention") and v.dtype in rules.COMPUTE_DTYPES:
+        if hw.kind == "tpu" and v.dtype not in hw.dtypes:
+            return max(f for _, f in hw.peak_flops)  # XLA runs f32 dots on the MXU in bf16 passes
         return calibrated.get(f"{v.dtype}_flops") or hw.peak(v.dtype)
     # No published vector peak (TPUs): price the op by its memory traffic alone.
     return calibrated.get("fp32_flops") or hw.vector_flops or math.inf

@@ -23,11 +23,13 @@ from tqdm import tqdm
 
 from costmodel.data.loader import fingerprint
 from costmodel.data.schema import DATASETS_DIR
+from costmodel.errors import UserError
 from costmodel.models import features
 from costmodel.models.base import Composition
 from costmodel.models.examples import KernelDataset, model_workloads, workload_sums
 from costmodel.models.gbdt import GBDTConfig, GBDTCostModel
-from costmodel.models.gnn import GNNConfig, GNNCostModel, KernelGNN, Normaliser, hardware_columns
+from costmodel.models.features import hardware_columns, sample_weights
+from costmodel.models.gnn import GNNConfig, GNNCostModel, KernelGNN, Normaliser
 from costmodel.models.learned import GraphCostModel
 
 
@@ -72,6 +74,7 @@ def train(graphs: Sequence[Data], cfg: GNNConfig = GNNConfig(), *, progress: boo
     group_ids: dict[tuple[str, str], int] = {}
     gid = torch.tensor([group_ids.setdefault((g.kernel_hash, g.hardware), len(group_ids))
                         for g in graphs])
+    weight = sample_weights(torch.cat([g.y for g in graphs]), cfg.weight)
     members = []
     steps = cfg.members * cfg.epochs
     bar = tqdm(total=steps, desc="train", unit="epoch", disable=not progress)
@@ -88,7 +91,7 @@ def train(graphs: Sequence[Data], cfg: GNNConfig = GNNConfig(), *, progress: boo
             for idx in group_batches(graphs, cfg.batch_size, rng):
                 batch = Batch.from_data_list([graphs[i] for i in idx])
                 pred = model(batch, normaliser(batch.hw))
-                loss = torch.nn.functional.mse_loss(pred, batch.y)
+                loss = (weight[idx] * (pred - batch.y) ** 2).mean()
                 if cfg.rank_weight:
                     loss = loss + cfg.rank_weight * ranking_loss(pred, batch.y, gid[idx])
                 opt.zero_grad()
@@ -114,7 +117,7 @@ def fit_composition(model: GraphCostModel, data: str | Path) -> Composition:
 
 def train_checkpoint(kind: str, data: Path, cfg: GNNConfig | GBDTConfig, out: Path, *,
                      make_default: bool = False, progress: bool = True) -> tuple[GraphCostModel, Path, float]:
-    """Train a `kind` ("gnn" or "gbdt") model on the release at `data`, fit its composition,
+    """Train a `kind` ("gnn", "gbdt" or "hybrid") model on the release at `data`, fit its composition,
     save it in `out` (named by its config and the data) and, with `make_default`, make it the
     one that kind loads. Returns the model, its path and the seconds training took."""
     from costmodel.models.registry import set_default
@@ -126,8 +129,16 @@ def train_checkpoint(kind: str, data: Path, cfg: GNNConfig | GBDTConfig, out: Pa
                   "features_hash": features.code_hash()}
     if kind == "gnn":
         model: GraphCostModel = train(graphs, cfg, progress=progress, trained_on=trained_on)
-    else:
+    elif kind == "gbdt":
         model = GBDTCostModel.fit(graphs, cfg, trained_on=trained_on)
+    else:  # the hybrid: both, with the GNN's config and a GBDT seeing what it sees
+        from costmodel.models.evaluate import gbdt_config
+        from costmodel.models.hybrid import HybridCostModel
+
+        gnn = train(graphs, cfg, progress=progress, trained_on=trained_on)
+        gbdt = GBDTCostModel.fit(graphs, gbdt_config(cfg), trained_on=trained_on)
+        gnn.composition, gbdt.composition = fit_composition(gnn, data), fit_composition(gbdt, data)
+        model = HybridCostModel(gnn, gbdt)
     model.composition = fit_composition(model, data)
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
@@ -144,6 +155,13 @@ def training_graphs(data: str | Path, cache: str | Path, *, progress: bool = Tru
     Python and launch overhead, not kernel time."""
     from costmodel.models.features import NODE_TYPES, OP_KINDS
 
+    if (Path(data) / "manifest.json").is_file():  # a release: trained on only if it is intact
+        from costmodel.data.release import verify
+
+        problems = verify(data)
+        if problems:
+            raise UserError(f"release {data} fails verification ({len(problems)} problems, the "
+                            f"first: {problems[0]}); run costmodel dataset verify {data}")
     free = len(NODE_TYPES) + OP_KINDS.index("free")
     vertex = NODE_TYPES.index("vertex")
     dataset = KernelDataset(cache, data=data, progress=progress)

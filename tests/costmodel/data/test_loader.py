@@ -44,3 +44,24 @@ def test_stale_cache_is_rebuilt(tmp_path, capture):
     assert fingerprint(tmp_path / "data") != before
     assert len(KernelDataset(tmp_path / "cache", data=tmp_path / "data", progress=False)) == 3
     assert len(list((tmp_path / "cache" / "processed").glob("kernels-*.pt"))) == 2
+
+
+def test_stored_diagrams_rebuild():
+    """A diagram written as rows reads back with its vertices, shapes and work."""
+    from pathlib import Path
+
+    from costmodel.data.loader import diagrams
+    from costmodel.data.schema import diagram_rows
+    from costmodel.data.shards import ShardWriter
+    from costmodel.ir.zoo import capture_model
+
+    import tempfile
+
+    d = capture_model("scgpt", 1, 16, overrides={"n_layers": 1, "d_model": 32, "n_heads": 2, "d_ff": 32})
+    with tempfile.TemporaryDirectory() as tmp:
+        with ShardWriter(Path(tmp), source="host") as w:
+            w.add_rows(diagram_rows(d, "host"))
+        [back] = diagrams(Path(tmp)).values()
+    assert [v.name for v in back.vertices] == [v.name for v in d.vertices]
+    assert back.flops == d.flops and [v.output_shapes for v in back.vertices] == [v.output_shapes for v in d.vertices]
+    assert sum(v.bytes_read for v in back.vertices) == sum(v.bytes_read for v in d.vertices)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch_geometric.loader import DataLoader
 
@@ -49,3 +50,39 @@ def test_pyg_loader_batches_kernels(capture):
     assert batch.x.shape[0] == sum(g.num_nodes for g in graphs[:16])
     assert int(batch.edge_index.max()) < batch.x.shape[0]
     assert len(batch.kernel_hash) == 16
+
+
+def test_xla_configs_have_their_own_place():
+    from costmodel.models.features import CONFIG_DIM, KERNEL_CONFIG_DIM, XLA_CONFIG_DIM, config_vector, xla_vector
+
+    assert xla_vector(None) == [0.0] * XLA_CONFIG_DIM == xla_vector({"collection": "other"})
+    tile = xla_vector({"collection": "tile", "output_bounds": [4, 32], "kernel_bounds": [16, 32],
+                       "input_bounds": [], "iteration_bounds": []})
+    other = xla_vector({"collection": "tile", "output_bounds": [4, 1], "kernel_bounds": [16, 32],
+                        "input_bounds": [], "iteration_bounds": []})
+    assert tile[:2] == [1.0, 0.0] and tile != other
+    layout = xla_vector({"collection": "layout", "nodes": {"a": [[1, 0], [0, 1]], "b": [[]]}})
+    assert layout[:2] == [0.0, 1.0] and layout[3] == pytest.approx(1 / 3) and layout[5] == pytest.approx(1 / 3)
+    assert len(config_vector(KernelConfig(64, 64, 32), {"collection": "tile"})) == CONFIG_DIM
+    assert config_vector(None)[:KERNEL_CONFIG_DIM] == [0.0] * KERNEL_CONFIG_DIM
+
+
+def test_hardware_inputs_by_name():
+    from costmodel.models.features import RATIOS, hardware_columns
+
+    keys = list(load_profile("a100").descriptor())
+    assert [keys[i] for i in hardware_columns("ratios")] == list(RATIOS)
+    assert len(hardware_columns("all")) == len(keys)
+    with pytest.raises(ValueError, match="ratios"):
+        hardware_columns("identity")
+
+
+def test_time_weights_favour_big_kernels():
+    import torch
+
+    from costmodel.models.features import sample_weights
+
+    y = torch.log(torch.tensor([0.01, 0.1, 1.0, 10.0]))
+    w = sample_weights(y, "time")
+    assert torch.all(w[1:] > w[:-1]) and w.mean().item() == pytest.approx(1.0)
+    assert torch.equal(sample_weights(y, "none"), torch.ones(4))

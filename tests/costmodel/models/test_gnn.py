@@ -181,7 +181,7 @@ def test_plan_prices_carry_spread_overhead_and_extrapolation(trained, capture):
 def test_physical_hardware_inputs(capture, tmp_path):
     from dataclasses import replace
 
-    from costmodel.models.gnn import PHYSICAL, hardware_columns
+    from costmodel.models.features import PHYSICAL, hardware_columns
 
     cols = hardware_columns("physical")
     assert len(cols) == len(PHYSICAL) < len(hardware_columns("all"))

@@ -1,0 +1,279 @@
+"""How well the cost models predict hardware and models they never saw: every protocol, side
+by side, over seeds, written as one report.
+
+    python benchmarks/unseen_hardware.py [--seeds 0,1,2] [--out reports/unseen-hardware.md]
+
+For each seed, with the evaluation config (`GNNConfig(epochs=6, members=1, seed=S)`, the
+other fields at their defaults: the shipped model's inputs and loss):
+- leave one GPU out (`costmodel eval --protocol leave-one-gpu-out`): kernel and whole-model
+  MAPE of the GNN, the GBDT, their hybrid (mean ln ms) and the roofline on each GPU with
+  whole-model runs;
+- leave one model family out;
+- the H100 hold-out: models trained on the whole release with that seed, scored on the rows
+  measured on an H100 that no release holds (`benchmarks/gpu_holdout.py`): whole models
+  (NeuSight's workloads and the zoo's: MAPE, and how many are predicted too fast), kernels by
+  class; plus the shipped checkpoints, once;
+- the ranking protocol: fusion and tile groups, and TpuGraphs' tile and layout programs
+  (Kendall's tau, top-1 and top-5 slowdown, against a random order).
+Mean over seeds, with the range in brackets. Every number in the report comes from this run;
+the raw results are written beside it as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchmarks.gpu_holdout import holdout_kernels, holdout_workloads, whole_model_predictions  # noqa: E402
+from costmodel.data.schema import DATA_DIR, DATASETS_DIR  # noqa: E402
+from costmodel.hardware import load_profile  # noqa: E402
+from costmodel.models import evaluate as ev  # noqa: E402
+from costmodel.models.examples import model_workloads  # noqa: E402
+from costmodel.models.gbdt import GBDTCostModel  # noqa: E402
+from costmodel.models.gnn import GNNConfig  # noqa: E402
+from costmodel.models.hybrid import HybridCostModel  # noqa: E402
+from costmodel.models.registry import load_cost_model  # noqa: E402
+from costmodel.models.train import fit_composition, train, training_graphs  # noqa: E402
+
+METHODS = ("gnn", "gbdt", "hybrid", "roofline")
+H100 = "h100-sxm"
+
+
+def _say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def holdout(models: dict, data: Path) -> dict:
+    """Whole-model and kernel errors on the H100 rows of `data` for each cost model."""
+    workloads = holdout_workloads(data, H100)
+    rows = holdout_kernels(data, H100)
+    hw = load_profile(H100)
+    out = {}
+    for name, cm in models.items():
+        predicted = whole_model_predictions(workloads, H100, cm)
+        signed = [(p - w["measured_ms"]) / w["measured_ms"] for p, w in zip(predicted, workloads)]
+        ms = cm.predict([s for s, *_ in rows], hw, [c for _, c, *_ in rows])
+        by_class: dict[str, list[float]] = {}
+        for (_, _, kind, measured), p in zip(rows, ms):
+            by_class.setdefault(kind, []).append(abs(p - measured) / measured)
+        out[name] = {
+            "workloads": [{**w, "predicted_ms": p, "error": e} for w, p, e in zip(workloads, predicted, signed)],
+            "neusight_mape": _mean([abs(e) for e, w in zip(signed, workloads) if w["group"] == "neusight"]),
+            "zoo_mape": _mean([abs(e) for e, w in zip(signed, workloads) if w["group"] == "zoo"]),
+            "too_fast": sum(e < 0 for e in signed), "too_slow": sum(e > 0 for e in signed),
+            "kernel_mape": _mean([x for v in by_class.values() for x in v]),
+            "kernel_mape_by_class": {k: _mean(v) for k, v in sorted(by_class.items())},
+            "kernels": len(rows),
+        }
+    return out
+
+
+def _mean(xs):
+    return float(np.mean(xs)) if len(xs) else float("nan")
+
+
+def run_seed(seed: int, graphs, workloads, groups, release: Path, data: Path, cfg_overrides: dict) -> dict:
+    cfg = dataclasses.replace(GNNConfig(seed=seed, epochs=6, members=1), **cfg_overrides)
+    out: dict = {"config": dataclasses.asdict(cfg)}
+    _say(f"seed {seed}: leave one GPU out")
+    out["logo"] = {k: dataclasses.asdict(v) for k, v in
+                   ev.leave_one_gpu_out(graphs, workloads, cfg=cfg, methods=METHODS, progress=False).items()}
+    _say(f"seed {seed}: leave one model family out")
+    out["lomo"] = {k: dataclasses.asdict(v) for k, v in
+                   ev.leave_one_model_out(graphs, workloads, cfg=cfg, methods=METHODS, progress=False).items()}
+    _say(f"seed {seed}: ranking")
+    out["ranking"] = {k: v.to_dict() for k, v in
+                      ev.ranking(graphs, groups, cfg=cfg, methods=METHODS, progress=False).items()}
+    _say(f"seed {seed}: the H100 hold-out, trained on the whole release")
+    gnn = train(graphs, cfg, progress=False)
+    gnn.composition = fit_composition(gnn, release)
+    gbdt = GBDTCostModel.fit(graphs, ev.gbdt_config(cfg))
+    gbdt.composition = fit_composition(gbdt, release)
+    hybrid = HybridCostModel(gnn, gbdt)
+    hybrid.composition = fit_composition(hybrid, release)
+    out["h100"] = holdout({"gnn": gnn, "gbdt": gbdt, "hybrid": hybrid,
+                           "roofline": load_cost_model("roofline")}, data)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def _agg(values: list[float], percent: bool = True) -> str:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return "n/a"
+    f = (lambda x: f"{100 * x:.1f}") if percent else (lambda x: f"{x:.2f}")
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f(mean) + ("%" if percent else "")
+    return f"{f(mean)}{'%' if percent else ''} ({f(min(values))}-{f(max(values))})"
+
+
+def _fold_table(runs: list[dict], key: str, title: str) -> list[str]:
+    folds = list(runs[0][key])
+    lines = [f"### {title}", "", "Whole-model MAPE, mean over seeds (range):", "",
+             "| held out | models | " + " | ".join(METHODS) + " |", "|---|---:|" + "---:|" * len(METHODS)]
+    for fold in folds:
+        s = [r[key][fold] for r in runs]
+        lines.append(f"| {fold} | {s[0]['models']} | "
+                     + " | ".join(_agg([x["model_mape"][m] for x in s]) for m in METHODS) + " |")
+    lines += ["", "Kernel MAPE, mean over seeds (range):", "",
+              "| held out | kernels | " + " | ".join(METHODS) + " |", "|---|---:|" + "---:|" * len(METHODS)]
+    for fold in folds:
+        s = [r[key][fold] for r in runs]
+        lines.append(f"| {fold} | {s[0]['n']} | "
+                     + " | ".join(_agg([x["mape"][m] for x in s]) for m in METHODS) + " |")
+    return lines + [""]
+
+
+def _h100_tables(runs: list[dict], shipped: dict) -> list[str]:
+    rows = {"seeds": [r["h100"] for r in runs]}
+    lines = ["### The H100 hold-out", "",
+             "Models trained on the whole release (per seed), and the shipped checkpoints (one).", "",
+             "| method | NeuSight's workloads MAPE | the zoo's MAPE | too fast / too slow (of all) | kernel MAPE |",
+             "|---|---:|---:|---:|---:|"]
+    for m in METHODS:
+        s = [h[m] for h in rows["seeds"]]
+        signs = "; ".join(f"{x['too_fast']}/{x['too_slow']}" for x in s)
+        lines.append(f"| {m} | {_agg([x['neusight_mape'] for x in s])} | {_agg([x['zoo_mape'] for x in s])} | "
+                     f"{signs} | {_agg([x['kernel_mape'] for x in s])} |")
+    for m, x in shipped.items():
+        lines.append(f"| shipped {m} | {_agg([x['neusight_mape']])} | {_agg([x['zoo_mape']])} | "
+                     f"{x['too_fast']}/{x['too_slow']} | {_agg([x['kernel_mape']])} |")
+    classes = sorted({k for h in rows["seeds"] for k in h["gnn"]["kernel_mape_by_class"]})
+    lines += ["", "Kernel MAPE by class, mean over seeds:", "",
+              "| class | n | " + " | ".join(METHODS) + " |", "|---|---:|" + "---:|" * len(METHODS)]
+    first = runs[0]["h100"]["gnn"]
+    counts = {}
+    for w in holdout_kernels(DATA_DIR, H100):
+        counts[w[2]] = counts.get(w[2], 0) + 1
+    for k in classes:
+        lines.append(f"| {k} | {counts.get(k, 0)} | " + " | ".join(
+            _agg([h[m]["kernel_mape_by_class"].get(k, float("nan")) for h in rows["seeds"]]) for m in METHODS) + " |")
+    lines += ["", "Each workload, seed 0 and the shipped checkpoints (signed error: negative is too fast):", "",
+              "| workload | measured ms | " + " | ".join([*METHODS, *(f"shipped {m}" for m in shipped)]) + " |",
+              "|---|---:|" + "---:|" * (len(METHODS) + len(shipped))]
+    for i, w in enumerate(first["workloads"]):
+        cells = [f"{100 * runs[0]['h100'][m]['workloads'][i]['error']:+.1f}%" for m in METHODS]
+        cells += [f"{100 * shipped[m]['workloads'][i]['error']:+.1f}%" for m in shipped]
+        label = w["workload"] + (" (NeuSight)" if w["group"] == "neusight" else "")
+        lines.append(f"| {label} | {w['measured_ms']:.2f} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _ranking_table(runs: list[dict]) -> list[str]:
+    families = list(runs[0]["ranking"])
+    lines = ["### Ranking configs on held-out groups", "",
+             "Kendall's tau (mean over seeds) and top-5 slowdown (the best measured among a method's "
+             "five fastest, over the true best, less one), against a random order:", "",
+             "| family | groups | " + " | ".join(f"{m} tau" for m in METHODS)
+             + " | " + " | ".join(f"{m} top-5" for m in (*METHODS, "random")) + " |",
+             "|---|---:|" + "---:|" * (2 * len(METHODS) + 1)]
+    for fam in families:
+        s = [r["ranking"][fam] for r in runs]
+        lines.append(f"| {fam} | {s[0]['groups']} | "
+                     + " | ".join(_agg([x["kendall_tau"].get(m) for x in s], percent=False) for m in METHODS)
+                     + " | " + " | ".join(_agg([x["top5_error"].get(m) for x in s]) for m in (*METHODS, "random"))
+                     + " |")
+    return lines + [""]
+
+
+def _targets(runs: list[dict], shipped: dict) -> list[str]:
+    def mean(key, fold, m, field="model_mape"):
+        return statistics.fmean(r[key][fold][field][m] for r in runs)
+
+    lines = ["### Targets", "", "| target | figure | met |", "|---|---|---|"]
+    gnn = shipped.get("gnn")
+    if gnn:
+        lines.append(f"| H100, NeuSight's and the zoo's whole models: MAPE <= 5%, no sign bias | "
+                     f"shipped GNN {100 * gnn['neusight_mape']:.1f}% / {100 * gnn['zoo_mape']:.1f}%, "
+                     f"{gnn['too_fast']} too fast, {gnn['too_slow']} too slow | "
+                     f"{'yes' if max(gnn['neusight_mape'], gnn['zoo_mape']) <= 0.05 and gnn['too_fast'] and gnn['too_slow'] else 'no'} |")
+        lines.append(f"| H100 kernel MAPE <= 15% | shipped GNN {100 * gnn['kernel_mape']:.1f}% | "
+                     f"{'yes' if gnn['kernel_mape'] <= 0.15 else 'no'} |")
+    for fold in runs[0]["logo"]:
+        limit = 0.12 if fold == "p4" else 0.06
+        g = mean("logo", fold, "gnn")
+        spread = max(r["logo"][fold]["model_mape"]["gnn"] for r in runs) - \
+            min(r["logo"][fold]["model_mape"]["gnn"] for r in runs)
+        ahead = g < min(mean("logo", fold, "gbdt"), mean("logo", fold, "roofline"))
+        lines.append(f"| leave out {fold}: GNN <= {100 * limit:.0f}%, spread < 3 points, ahead of both baselines | "
+                     f"{100 * g:.1f}%, spread {100 * spread:.1f}, {'ahead' if ahead else 'not ahead'} | "
+                     f"{'yes' if g <= limit and spread < 0.03 and ahead else 'no'} |")
+    for fam in runs[0]["lomo"]:
+        g = mean("lomo", fam, "gnn")
+        lines.append(f"| leave out {fam}: GNN <= 4% | {100 * g:.1f}% | {'yes' if g <= 0.04 else 'no'} |")
+    return lines + [""]
+
+
+def render(runs: list[dict], shipped: dict, meta: dict) -> str:
+    lines = ["# Predictions on hardware and models the cost models never saw", "",
+             f"Made by `{meta['command']}` on {meta['machine']}, {meta['date']}, in {meta['minutes']:.0f} "
+             "minutes. Every number below comes from that one run (raw results: "
+             "`reports/unseen-hardware.json`).", "",
+             f"Evaluation config (seeds {', '.join(str(r['config']['seed']) for r in runs)}): "
+             f"`{json.dumps({k: v for k, v in runs[0]['config'].items() if k != 'seed'})}`. The GBDT sees the "
+             "same hardware inputs and weights; the hybrid is the mean of the GNN's and the GBDT's ln(ms).", ""]
+    lines += _targets(runs, shipped)
+    lines += _fold_table(runs, "logo", "Leave one GPU out")
+    lines += _fold_table(runs, "lomo", "Leave one model family out")
+    lines += _h100_tables(runs, shipped)
+    lines += _ranking_table(runs)
+    return "\n".join(lines)
+
+
+def _shipped(kind: str) -> bool:
+    from costmodel.models.registry import defaults
+
+    return kind in defaults()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--release", default="datasets/releases/0.1")
+    parser.add_argument("--data", default=str(DATA_DIR), help="where the H100 rows are")
+    parser.add_argument("--out", default="reports/unseen-hardware.md")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a GNNConfig field for this run (e.g. hardware=all), JSON value")
+    args = parser.parse_args(argv)
+    start = time.time()
+    overrides = {k: json.loads(v) if v[:1] in "[{0123456789-tfn" else v
+                 for k, v in (s.split("=", 1) for s in args.set)}
+    release = Path(args.release)
+    graphs = training_graphs(release, DATASETS_DIR / "cache", progress=False)
+    workloads = model_workloads(release)
+    groups = ev.ranking_groups(release)
+    runs = [run_seed(int(s), graphs, workloads, groups, release, Path(args.data), overrides)
+            for s in args.seeds.split(",")]
+    _say("the shipped checkpoints on the H100")
+    shipped = holdout({m: load_cost_model(m) for m in ("gnn", "gbdt", "hybrid", "roofline")
+                       if m == "roofline" or _shipped(m)}, Path(args.data))
+    meta = {"command": "python benchmarks/unseen_hardware.py " + " ".join(argv or sys.argv[1:]),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "minutes": (time.time() - start) / 60}
+    out = Path(args.out)
+    out.write_text(render(runs, shipped, meta) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs, "shipped": shipped},
+                                                   indent=1, default=str) + "\n")
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
