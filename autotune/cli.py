@@ -10,12 +10,16 @@ postgresql://...): rerunning the same command resumes it where it stopped.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import math
+import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from autotune.storage import fail_stale, open_storage, redact
 from costmodel.cli import ArgumentParser, add_cost_model_arg, add_workload_args, positive_int, run_main
 from costmodel.errors import UserError
 
@@ -29,7 +33,7 @@ def _parser() -> ArgumentParser:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--trials", type=positive_int, default=200,
                         help="Optuna trials in all, a resumed study's included (default 200)")
-    budget.add_argument("--time-budget", type=float, metavar="S",
+    budget.add_argument("--time-budget", type=positive_seconds, metavar="S",
                         help="search for S seconds instead of a number of trials")
     p.add_argument("--prior", default="heuristic",
                    help="heuristic (default), none, or llm:PROVIDER (llm:smollm2, llm:gguf=PATH, "
@@ -52,6 +56,34 @@ def _parser() -> ArgumentParser:
     p.add_argument("--top", type=positive_int, default=8, help="kernels to list in the summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def writable_folder(path: str) -> Path:
+    """`path` as a folder this process can write, made if need be; UserError saying why not."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except FileExistsError:
+        raise UserError(f"--out {path!r} is a file, not a folder; give a folder for plan.json "
+                        "and report.html") from None
+    except NotADirectoryError:
+        raise UserError(f"--out {path!r} lies under a file; give a folder path") from None
+    except OSError as e:
+        raise UserError(f"cannot write to --out {path!r}: {e.strerror}") from None
+    return out
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def _worker_parser() -> ArgumentParser:
@@ -80,26 +112,6 @@ def study_name(args, diagram_hash: str, cost_model: str) -> str:
             f"-{cost_model}-{args.sampler}-seed{args.seed}-{diagram_hash[:10]}")
 
 
-def storage_url(spec: str | None, out: Path):
-    """An Optuna storage: a journal file in `out` by default, else the URL given."""
-    import optuna
-
-    if spec is None:
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(str(out / "study.journal")))
-    if not re.match(r"^[a-z0-9+]+://", spec):
-        raise UserError(f"--storage {spec!r} is not a URL; use sqlite:///FILE or "
-                        "postgresql://USER@HOST:PORT/DB (or leave it out for a journal file)")
-    from sqlalchemy.exc import SQLAlchemyError
-
-    try:
-        return optuna.storages.RDBStorage(spec)
-    except (ImportError, ValueError, SQLAlchemyError) as e:  # a missing driver, a bad URL, no server
-        reason = " ".join(str(getattr(e, "orig", None) or e).split())
-        raise UserError(f"cannot open storage {spec!r}: {reason}") from None
-
-
 def _build(model: str, batch: int, seq: int, dtype: str, target: str, cost_model_spec: str,
            attention: str = "sdpa"):
     from autotune.space import Space
@@ -119,22 +131,25 @@ def _main(argv: Sequence[str]) -> int:
     from autotune.priors import load_prior
     from autotune.search import plan_document, search
 
+    out = writable_folder(args.out)  # before the capture and the search: nobody waits to learn it
     prior = load_prior(args.prior)
     space, cost_model = _build(args.model, args.batch, args.seq, args.dtype, args.target,
                                args.cost_model, args.attention)
     runner = _measure_runner(space.target, args.measure) if args.measure else None
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = study_name(args, space.diagram.hash, cost_model.key)
-    storage = storage_url(args.storage, out)
+    storage, lock = open_storage(args.storage, out)
     trials = 10**9 if args.time_budget else args.trials
-    result = search(space, cost_model, trials=trials, seed=args.seed, progress=not args.quiet,
-                    suggestions=lambda: prior.suggest(space, 8), storage=storage, study_name=name,
-                    sampler=args.sampler, time_budget=args.time_budget,
-                    attrs={"model": args.model, "batch": args.batch, "seq": args.seq,
-                           "dtype": args.dtype, "attention": args.attention,
-                           "target": args.target, "cost_model": args.cost_model,
-                           "sampler": args.sampler})
+    try:
+        result = search(space, cost_model, trials=trials, seed=args.seed, progress=not args.quiet,
+                        suggestions=lambda: prior.suggest(space, 8), storage=storage,
+                        study_name=name, sampler=args.sampler, time_budget=args.time_budget,
+                        attrs={"model": args.model, "batch": args.batch, "seq": args.seq,
+                               "dtype": args.dtype, "attention": args.attention,
+                               "target": args.target, "cost_model": args.cost_model,
+                               "sampler": args.sampler})
+    finally:
+        if lock is not None:
+            lock.release()
     extra = {"prior": {"name": prior.name, **prior.stats}, "sampler": args.sampler}
     measured = None
     if args.measure:
@@ -166,17 +181,18 @@ def _worker(argv: Sequence[str]) -> int:
     args = _worker_parser().parse_args(argv)
     from autotune.search import Evaluator, open_study, run_trials
 
-    storage = storage_url(args.storage, Path("."))
+    storage, _ = open_storage(args.storage, Path("."))
     import optuna
 
     try:
         attrs = optuna.load_study(study_name=args.study, storage=storage).user_attrs
     except KeyError:
-        raise UserError(f"no study {args.study!r} in {args.storage}; start it with autotune "
-                        "--storage URL first") from None
+        raise UserError(f"no study {args.study!r} in {redact(args.storage)}; start it with "
+                        "autotune --storage URL first") from None
     space, cost_model = _build(attrs["model"], attrs["batch"], attrs["seq"], attrs["dtype"],
                                attrs["target"], attrs["cost_model"], attrs.get("attention", "sdpa"))
     study = open_study(args.study, storage, attrs.get("sampler", "tpe"), seed=None)
+    fail_stale(study, locked=False)  # trials of a worker that stopped beating
     done = run_trials(study, space, Evaluator(space, cost_model), args.trials,
                       progress=not args.quiet, desc="worker")
     print(f"worker ran {done} trials of {args.study!r}; best {study.best_value:.4f} ms")
@@ -230,7 +246,7 @@ def _whatifs(args, cost_model, result, diagram) -> list[dict]:
 
 
 def summary(result, model: str, args, params: int, top: int) -> str:
-    from autotune.search import changes, top_kernels
+    from autotune.search import changes
 
     base, best = result.baseline, result.best
     spread = f" (+-{100 * result.speedup_spread:.1f}%)" if result.speedup_spread else ""
@@ -238,18 +254,33 @@ def summary(result, model: str, args, params: int, top: int) -> str:
         (f"{model} batch {args.batch} seq {args.seq} {args.dtype} on {best.target} "
          f"({best.cost_model} cost model, {result.trials} trials over {params} decisions)"),
         f"  eager baseline {base.total_ms:10.3f} ms  ({len(base.kernels)} kernels)",
-        f"  tuned plan     {best.total_ms:10.3f} ms  ({len(best.kernels)} kernels)",
+        f"  tuned plan     {best.total_ms:10.3f} ms  ({len(best.kernels)} kernels)" if result.plan.decisions
+        else f"  no plan beats eager in {result.trials} trials: the plan is eager itself",
         f"  predicted speedup {result.speedup:.3f}x{spread}",
         *[f"  warning: {w}" for w in best.warnings],
         "",
-        f"  {'costliest kernels of the plan':<40} {'ms':>9}  change",
+        f"  {'costliest kernels of the plan (one row per class)':<52} {'count':>5} {'ms each':>9} "
+        f"{'ms in all':>9}  change",
     ]
     changed = changes(result.plan)
-    for k in top_kernels(best, top):
-        anchor = k.subdiagram.vertices[0].name
-        what = "; ".join(changed.get(anchor, [])) or "as eager"
-        lines.append(f"  {k.subdiagram.name[:40]:<40} {k.ms:>9.4f}  {what}")
+    for group in kernel_classes(best)[:top]:
+        k = group[0]
+        what = "; ".join(changed.get(k.subdiagram.vertices[0].name, [])) or "as eager"
+        ops = "+".join(v.kind for v in k.subdiagram.vertices if not v.is_free)
+        shape = "x".join(map(str, next(v for v in k.subdiagram.vertices if not v.is_free).output_shapes[0]))
+        where = re.sub(r"\.\d+(\.|$)", r".*\1", k.subdiagram.module) or k.subdiagram.name
+        label = f"{ops} {shape} {where}"
+        lines.append(f"  {label[:52]:<52} {len(group):>5} {k.ms:>9.4f} {k.ms * len(group):>9.4f}  {what}")
     return "\n".join(lines)
+
+
+def kernel_classes(cost) -> list[list]:
+    """The plan's kernels grouped by what they compute (content hash and config), costliest
+    class first: the same projection in every layer is one row with its count."""
+    groups: dict[tuple, list] = {}
+    for k in cost.kernels:
+        groups.setdefault((k.subdiagram.hash, k.config), []).append(k)
+    return sorted(groups.values(), key=lambda g: -sum(k.ms for k in g))
 
 
 def _prior_line(prior) -> str:

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from autotune.space import Choice, Space, tile_label
+from autotune.storage import fail_stale
 from costmodel.models.base import CostModel, PlanCost
 from costmodel.ir.plan import KernelConfig, Plan
 
@@ -109,6 +110,7 @@ def run_trials(study: optuna.Study, space: Space, evaluator: Evaluator, trials: 
     """Ask, price and tell `trials` trials (fewer if the time budget runs out). A trial cut off
     by Ctrl-C is told as failed, so the storage keeps every finished trial and no stale one."""
     params = space.params
+    heartbeat = getattr(study._storage, "get_heartbeat_interval", lambda: None)() is not None
     bar = tqdm(total=trials, desc=desc, unit="trial", file=sys.stderr, disable=not progress,
                mininterval=0.5)
     start, done = time.monotonic(), 0
@@ -119,6 +121,8 @@ def run_trials(study: optuna.Study, space: Space, evaluator: Evaluator, trials: 
             try:
                 for _ in range(min(batch, trials - done)):
                     asked.append(study.ask())
+                    if heartbeat:  # a worker killed now leaves a trial the next one can fail
+                        study._storage.record_heartbeat(asked[-1]._trial_id)
                 plans, legal = [], []
                 for t in asked:
                     labels = {p.name: t.suggest_categorical(p.name, p.labels) for p in params}
@@ -166,6 +170,9 @@ def search(space: Space, cost_model: CostModel, *, trials: int = 200, seed: int 
     `suggestions` (from a prior) are enqueued after it; pass a callable to have them asked for
     only when the study is new (a resumed study has them already, and an LLM prior is slow)."""
     study = open_study(study_name, storage, sampler, seed, attrs)
+    stale = fail_stale(study, locked=isinstance(storage, optuna.storages.JournalStorage))
+    if stale:
+        print(f"failed {stale} trials a stopped run left running", file=sys.stderr)
     evaluator = Evaluator(space, cost_model)
     finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
     suggested = 0
@@ -187,10 +194,14 @@ def search(space: Space, cost_model: CostModel, *, trials: int = 200, seed: int 
 
 def result_of(study: optuna.Study, space: Space, cost_model: CostModel,
               suggested: int = 0) -> SearchResult:
+    """The study's best legal plan, priced; eager itself when no trial beats eager (a plan is
+    never reported as tuned when it is predicted slower)."""
     plan = best_plan(study, space)
     space.check(plan)
     baseline = cost_model.predict_plan(space.diagram, space.target, Plan())
     best = cost_model.predict_plan(space.diagram, space.target, plan)
+    if best.total_ms >= baseline.total_ms:
+        plan, best = Plan(), baseline
     complete = sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
                       key=lambda t: t.number)
     return SearchResult(plan, baseline, best, len(complete), tuple(t.value for t in complete),

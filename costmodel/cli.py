@@ -64,7 +64,7 @@ def add_learning_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs per ensemble member")
     p.add_argument("--members", type=positive_int, default=None, help="ensemble size")
-    p.add_argument("--hardware", default=None, choices=("all", "physical", "ratios"),
+    p.add_argument("--hardware", default=None, choices=("all", "physical", "ratios", "minimal", "none"),
                    help="hardware descriptors the learned models see (default: GNNConfig's)")
     p.add_argument("--weight", default=None, choices=("none", "time"),
                    help="regression weights: none, or time (big kernels count more; default: "
@@ -135,6 +135,9 @@ def _parser() -> ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     add_cost_model_arg(p)
+    p.add_argument("--configs", default=None, metavar="DIR",
+                   help="a folder of Hugging Face config.json files requests may name (default: "
+                        "the zoo's models only)")
 
     p = sub.add_parser("measure", help="time a model's kernels on this machine into the dataset")
     add_workload_args(p)
@@ -307,7 +310,7 @@ def _serve(args) -> int:
     from costmodel.serve import make_server
 
     try:
-        server = make_server(args.host, args.port, cost_model=args.cost_model)
+        server = make_server(args.host, args.port, cost_model=args.cost_model, configs=args.configs)
     except OSError as e:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     host, port = server.server_address[:2]
@@ -382,7 +385,11 @@ def _dataset(args) -> int:
             return 1
         print(f"{folder}: ok")
     else:
-        counts = rel.summary(Path(args.dir) if args.dir else root)
+        folder = Path(args.dir) if args.dir else root
+        if (folder / "manifest.json").is_file() and (problems := rel.verify(folder)):
+            raise UserError(f"release {folder} fails verification ({len(problems)} problems, the "
+                            f"first: {problems[0]}); run costmodel dataset verify {folder}")
+        counts = rel.summary(folder)
         if args.json:
             print(json.dumps(counts, indent=1))
         else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -39,8 +40,10 @@ class BadRequest(Exception):
 class Service:
     """What the handler calls: prediction with a diagram cache, independent of HTTP."""
 
-    def __init__(self, cost_model: CostModel, *, cache_size: int = 32) -> None:
+    def __init__(self, cost_model: CostModel, *, cache_size: int = 32,
+                 configs: Path | None = None) -> None:
         self.cost_model = cost_model
+        self.configs = configs.resolve() if configs is not None else None
         self.lock = threading.Lock()
         self._diagrams: OrderedDict[tuple, Diagram] = OrderedDict()
         self._cache_size = cache_size
@@ -58,14 +61,36 @@ class Service:
             self._diagrams.popitem(last=False)
         return d
 
+    def model_path(self, model: str) -> str:
+        """A zoo name as it is; a config file only from the folder the service was started with
+        (`--configs DIR`), never a path outside it: the service reads no other file."""
+        from costmodel.ir.zoo import ZOO_NAMES
+
+        if model in ZOO_NAMES:
+            return model
+        if self.configs is None:
+            raise BadRequest(400, f"unknown model {model!r}; this service prices the zoo's models "
+                                  f"({', '.join(ZOO_NAMES)}); start it with --configs DIR to price "
+                                  "Hugging Face config files from DIR")
+        path = (self.configs / model).resolve()
+        if path.parent != self.configs or path.suffix != ".json" or not path.is_file():
+            raise BadRequest(400, f"no config {model!r} in this service's config folder; give the "
+                                  "name of a .json file in it")
+        return str(path)
+
     def predict(self, body: dict) -> dict:
-        model = _field(body, "model", str)
+        _known(body, PREDICT_FIELDS)
+        model = self.model_path(_field(body, "model", str))
         target = _field(body, "target", str)
         batch = _field(body, "batch", int, 1)
         seq = _field(body, "seq", int, 128)
         dtype = _field(body, "dtype", str, "fp32")
         attention = _field(body, "attention", str, "sdpa")
         plan = self._plan(body)
+        if batch < 1 or seq < 1 or batch * seq > MAX_TOKENS or batch * seq * seq > MAX_MASK:
+            raise BadRequest(413, f"batch {batch} x seq {seq} is outside what one request may "
+                                  f"price: at least 1 each, at most {MAX_TOKENS:,} tokens and "
+                                  f"{MAX_MASK:,} attention-mask elements")
         with self.lock:
             hw = load_profile(target)
             hw.peak(dtype)
@@ -74,6 +99,7 @@ class Service:
                                   plan="posted" if plan.decisions else "eager")
 
     def predict_diagram(self, body: dict) -> dict:
+        _known(body, DIAGRAM_FIELDS)
         doc = _field(body, "diagram", dict)
         target = _field(body, "target", str)
         plan = self._plan(body)
@@ -100,6 +126,22 @@ class Service:
         return {"targets": out}
 
 
+PREDICT_FIELDS = ("model", "target", "batch", "seq", "dtype", "attention", "plan")
+DIAGRAM_FIELDS = ("diagram", "target", "plan")
+MAX_TOKENS = 2**17  # batch x seq one request may price: a capture of it takes seconds, not minutes
+MAX_MASK = 2**26  # batch x seq x seq: the attention mask a capture evaluates
+
+
+def _known(body: dict, fields: tuple[str, ...]) -> None:
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise BadRequest(400, f"unknown field {unknown[0]!r}; valid fields: {', '.join(fields)}")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number this service takes")
+
+
 def _field(body: dict, key: str, kind: type, default: Any = ...) -> Any:
     if key not in body:
         if default is ...:
@@ -114,13 +156,20 @@ def _field(body: dict, key: str, kind: type, default: Any = ...) -> Any:
 def make_handler(service: Service) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = 30  # seconds a connection may stay silent: a body that never ends frees its thread
 
         def log_message(self, fmt: str, *args: Any) -> None:  # quiet: one line per error only
             pass
 
-        def _send(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
+        def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
+            try:
+                data = json.dumps(payload, allow_nan=False).encode()
+            except ValueError:  # a NaN or infinity in an answer: say so rather than send bad JSON
+                status, data = 500, json.dumps({"error": "internal error: the prediction is not a "
+                                                         "finite number"}).encode()
             self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -139,6 +188,9 @@ def make_handler(service: Service) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             routes = {"/health": lambda: {"status": "ok", "cost_model": service.cost_model.name},
                       "/targets": service.targets}
+            if self.path in ("/predict", "/predict/diagram"):
+                return self._send(405, {"error": f"{self.path} takes POST with a JSON body"},
+                                  {"Allow": "POST"})
             if self.path not in routes:
                 return self._send(404, {"error": f"no such path {self.path!r}; GET /health, "
                                                  "/targets; POST /predict, /predict/diagram"})
@@ -156,10 +208,14 @@ def make_handler(service: Service) -> type[BaseHTTPRequestHandler]:
             if int(length) > MAX_BODY:
                 self.close_connection = True
                 return self._send(413, {"error": f"body over {MAX_BODY} bytes"})
-            raw = self.rfile.read(int(length))
             try:
-                body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raw = self.rfile.read(int(length))
+            except TimeoutError:
+                self.close_connection = True
+                return self._send(408, {"error": f"the body did not arrive within {self.timeout} s"})
+            try:
+                body = json.loads(raw, parse_constant=_reject_constant)
+            except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
                 return self._send(400, {"error": f"body is not JSON: {e}"})
             if not isinstance(body, dict):
                 return self._send(400, {"error": "body must be a JSON object"})
@@ -177,7 +233,12 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 256  # the listen backlog: bursts of connections wait instead of being reset
 
 
-def make_server(host: str = "127.0.0.1", port: int = 8080, *,
-                cost_model: CostModel | str = "gnn") -> Server:
-    """A server bound to (host, port); port 0 picks a free one (`server.server_address`)."""
-    return Server((host, port), make_handler(Service(load_cost_model(cost_model))))
+def make_server(host: str = "127.0.0.1", port: int = 8080, *, cost_model: CostModel | str = "gnn",
+                configs: str | Path | None = None) -> Server:
+    """A server bound to (host, port); port 0 picks a free one (`server.server_address`).
+    `configs`: a folder of Hugging Face config.json files requests may name (default none: the
+    zoo's models only)."""
+    if configs is not None and not Path(configs).is_dir():
+        raise UserError(f"--configs {str(configs)!r} is not a folder")
+    return Server((host, port), make_handler(Service(load_cost_model(cost_model),
+                                                     configs=Path(configs) if configs else None)))

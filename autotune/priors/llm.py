@@ -111,6 +111,10 @@ class LlamaCppProvider(Provider):
                             "(or pip install -e '.[llm]')")
         if not self.path.is_file():
             raise UserError(f"no GGUF file at {self.path}")
+        with open(self.path, "rb") as f:
+            if f.read(4) != b"GGUF":  # every GGUF file starts so; llama.cpp would abort on another
+                raise UserError(f"{self.path} is not a GGUF model file (it does not start with "
+                                "the GGUF magic bytes)")
         self.n_ctx = n_ctx  # tokens; prompts are kept far below it
         # Half the cores for prompt and generation alike: llama.cpp's default of every core for
         # the prompt stalls its thread barriers (3x slower) where other processes share them.

@@ -106,7 +106,10 @@ def release(version: str, *, root: str | Path = DATA_DIR, out: str | Path = RELE
 
 
 def verify(directory: str | Path) -> list[str]:
-    """Problems found in a release folder (empty when every checksum, count and schema match)."""
+    """Problems found in a release folder (empty when it is whole): every listed file present,
+    inside the folder, listed once, with its checksum, row count and schema; no file the
+    manifest does not list; the manifest's totals, columns, sources and licences agreeing with
+    the files; and the datasheet as the release wrote it."""
     d = Path(directory)
     manifest_path = d / "manifest.json"
     if not manifest_path.is_file():
@@ -114,16 +117,30 @@ def verify(directory: str | Path) -> list[str]:
     try:
         manifest = json.loads(manifest_path.read_text())
         files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        if not isinstance(files, list):
+            raise TypeError("'files' is not a list")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         return [f"{manifest_path}: unreadable manifest ({e})"]
     problems = []
     if manifest.get("schema_version") != SCHEMA_VERSION:
         problems.append(f"{manifest_path}: schema version {manifest.get('schema_version')!r}, "
                         f"this feyntune reads {SCHEMA_VERSION!r}")
-    listed = set()
-    for entry in files:
-        path = d / entry["path"]
-        listed.add(path.resolve())
+    root = d.resolve()
+    listed: set[Path] = set()
+    rows: Counter = Counter()
+    for i, entry in enumerate(files):
+        if not isinstance(entry, dict) or not {"path", "table", "rows", "sha256"} <= set(entry):
+            problems.append(f"manifest entry {i}: needs path, table, rows and sha256; has "
+                            f"{sorted(entry) if isinstance(entry, dict) else type(entry).__name__}")
+            continue
+        path = (d / str(entry["path"])).resolve()
+        if root not in path.parents:
+            problems.append(f"{entry['path']}: outside the release folder")
+            continue
+        if path in listed:
+            problems.append(f"{entry['path']}: listed twice in the manifest")
+            continue
+        listed.add(path)
         if not path.is_file():
             problems.append(f"{entry['path']}: missing")
             continue
@@ -141,9 +158,51 @@ def verify(directory: str | Path) -> list[str]:
             problems.append(f"{entry['path']}: columns differ from the {entry['table']} schema")
         if meta.num_rows != entry["rows"]:
             problems.append(f"{entry['path']}: {meta.num_rows} rows, manifest says {entry['rows']}")
-    for path in sorted(d.rglob("*.parquet")):
-        if path.resolve() not in listed:
+        rows[entry["table"]] += meta.num_rows
+    for path in sorted(p for p in d.rglob("*") if p.is_file()):
+        if path.resolve() not in listed and path.name not in ("manifest.json", "DATASHEET.md"):
             problems.append(f"{path.relative_to(d)}: not in the manifest")
+    if problems:  # totals only mean something over files that all read
+        return problems
+    tables = manifest.get("tables") if isinstance(manifest.get("tables"), dict) else {}
+    for table, schema in TABLES.items():
+        info = tables.get(table)
+        if not isinstance(info, dict):
+            problems.append(f"manifest: no entry for table {table!r}")
+            continue
+        if info.get("rows") != rows[table]:
+            problems.append(f"manifest: table {table} says {info.get('rows')} rows, its files hold {rows[table]}")
+        if info.get("columns") != _schema_doc(schema):
+            problems.append(f"manifest: the columns listed for {table} are not its schema's")
+    if problems:
+        return problems
+    problems += _check_sources(d, manifest)
+    sheet = d / "DATASHEET.md"
+    if not sheet.is_file():
+        problems.append("DATASHEET.md: missing")
+    elif sheet.read_text() != datasheet(manifest, summary(d)):
+        problems.append("DATASHEET.md: differs from the datasheet of this manifest and data (edited)")
+    return problems
+
+
+def _check_sources(d: Path, manifest: dict) -> list[str]:
+    """The manifest's sources against the measurements: rows and licences per source."""
+    m = read_table("measurements", d, columns=["measurement_id", "source", "licence"])
+    sources = manifest.get("sources") if isinstance(manifest.get("sources"), dict) else {}
+    problems = []
+    for src, part in m.groupby("source"):
+        info = sources.get(src)
+        if not isinstance(info, dict):
+            problems.append(f"manifest: source {src!r} of {len(part)} rows is not listed")
+            continue
+        if info.get("rows") != len(part):
+            problems.append(f"manifest: source {src} says {info.get('rows')} rows, the data holds {len(part)}")
+        licences = set(part["licence"].dropna())
+        if licences and info.get("licence") not in licences:
+            problems.append(f"manifest: source {src} says licence {info.get('licence')!r}, its rows "
+                            f"say {', '.join(sorted(licences))}")
+    for src in set(sources) - set(m["source"]):
+        problems.append(f"manifest: source {src!r} has no rows in the data")
     return problems
 
 

@@ -132,7 +132,53 @@ class ScGPT(nn.Module):
         return self.dec2(F.leaky_relu(self.dec1(x))).squeeze(-1)  # (B, T) predicted expression
 
 
-ATTENTION = ("sdpa", "eager")  # how Hugging Face models compute attention (scgpt: always sdpa)
+ATTENTION = ("sdpa", "eager")
+# Capture allocates nothing but the attention mask, which it evaluates to classify it: these
+# bound what it and a prediction may ask for before anything is built.
+MAX_TOKENS = 2**24  # batch x seq
+MAX_MASK = 2**28  # batch x seq x seq elements of an evaluated mask (a quarter of a GiB as bools)
+MAX_LAYERS = 1024
+MAX_WIDTH = 2**17  # hidden, intermediate and head sizes
+CONFIG_SIZES = ("hidden_size", "n_embd", "d_model", "intermediate_size", "n_inner", "ffn_dim",
+                "num_hidden_layers", "n_layer", "n_layers", "num_attention_heads", "n_head",
+                "n_heads", "vocab_size", "max_position_embeddings", "n_positions", "d_ff",
+                "n_genes", "word_embed_proj_dim", "num_key_value_heads", "head_dim")
+
+
+def check_sizes(batch: int, seq: int) -> None:
+    """UserError for a workload too small or too big to capture: what was wrong and the limit."""
+    if isinstance(batch, bool) or isinstance(seq, bool) or not isinstance(batch, int) \
+            or not isinstance(seq, int):
+        raise UserError(f"batch and seq must be whole numbers; got batch {batch!r}, seq {seq!r}")
+    if batch < 1 or seq < 1:
+        raise UserError(f"batch and seq must be at least 1; got batch {batch}, seq {seq}")
+    if batch * seq > MAX_TOKENS:
+        raise UserError(f"batch x seq = {batch * seq:,} tokens is over the {MAX_TOKENS:,} a "
+                        "capture takes; price a smaller batch (time grows about linearly with it)")
+    if batch * seq * seq > MAX_MASK:
+        raise UserError(f"batch x seq^2 = {batch * seq * seq:,} is over the {MAX_MASK:,} elements "
+                        "an attention mask may have when capture evaluates it; use a smaller batch "
+                        "or sequence")
+
+
+def check_config(config: dict, name: str) -> None:
+    """UserError for a Hugging Face config whose sizes are not positive whole numbers, exceed
+    the capture's limits, or whose heads do not divide its width."""
+    for key in CONFIG_SIZES:
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{name}: config {key!r} must be a positive whole number, got {value!r}")
+        limit = MAX_LAYERS if "layer" in key else 2**24 if key in ("vocab_size", "n_genes") else \
+            MAX_TOKENS if "position" in key else MAX_WIDTH
+        if value > limit:
+            raise UserError(f"{name}: config {key!r} = {value:,} is over the {limit:,} this capture takes")
+    width = next((config[k] for k in ("hidden_size", "n_embd", "d_model") if config.get(k)), None)
+    heads = next((config[k] for k in ("num_attention_heads", "n_head", "n_heads") if config.get(k)), None)
+    if width and heads and width % heads and not config.get("head_dim"):
+        raise UserError(f"{name}: {heads} attention heads do not divide the width {width}")
+  # how Hugging Face models compute attention (scgpt: always sdpa)
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,8 +209,7 @@ def build(model: str, batch: int = 1, seq: int = 128, dtype: str = "fp32", *,
     default in Hugging Face) or "eager" (matmul, softmax, matmul: the scores written to memory,
     as NeuSight's measurements ran).
     UserError for a bad size, dtype, attention or config."""
-    if batch < 1 or seq < 1:
-        raise UserError(f"batch and seq must be at least 1; got batch {batch}, seq {seq}")
+    check_sizes(batch, seq)
     if dtype not in TORCH_DTYPES:
         raise unknown_choice("dtype", dtype, TORCH_DTYPES)
     if attention not in ATTENTION:
@@ -176,9 +221,11 @@ def build(model: str, batch: int = 1, seq: int = 128, dtype: str = "fp32", *,
         unknown = set(overrides or {}) - fields
         if unknown:
             raise unknown_choice("scgpt config field", min(unknown), fields)
+        check_config({k: v for k, v in (overrides or {}).items() if v is not None}, "scgpt")
         return _scgpt(dataclasses.replace(config, **(overrides or {})), batch, seq, dtype, patch,
                       attention, device, seed)
     name = model if model in HF_ZOO else Path(model).stem
+    check_config({**config, **(overrides or {})}, name)
     return _huggingface({**config, **(overrides or {})}, name, batch, seq, dtype, patch,
                         attention, device, seed)
 
@@ -206,6 +253,9 @@ def _tokens(high: int, shape: tuple[int, ...], gen: torch.Generator | None) -> t
 
 def _scgpt(cfg: ScGPTConfig, batch: int, seq: int, dtype: str, patch, attention: str,
            device: torch.device, seed: int) -> Built:
+    if seq > cfg.n_genes + 1:
+        raise UserError(f"scgpt takes at most {cfg.n_genes + 1} positions (the cell token and each "
+                        f"of its {cfg.n_genes} genes once); got seq {seq}")
     n_query = cfg.n_query if cfg.n_query is not None else seq // 4
     if not 0 < n_query < seq - 1:
         raise UserError(f"scgpt needs 1 to {seq - 2} query genes at seq {seq}; got {n_query}")
@@ -237,20 +287,28 @@ def _huggingface(config: dict, name: str, batch: int, seq: int, dtype: str, patc
     cfg_dict = {k: v for k, v in config.items() if k not in ("torch_dtype", "dtype")}
     try:
         cfg = transformers.AutoConfig.for_model(**cfg_dict)
-    except (ValueError, KeyError) as e:
-        raise UserError(f"transformers cannot build model_type {config.get('model_type')!r}: {e}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"transformers cannot build model_type {config.get('model_type')!r}: "
+                        f"{_first_line(e)}") from None
     cfg._attn_implementation = attention
     limit = next((getattr(cfg, k) for k in ("max_position_embeddings", "n_positions")
                   if isinstance(getattr(cfg, k, None), int)), None)
     if limit is not None and seq > limit:
         raise UserError(f"{name} takes at most {limit} tokens; got --seq {seq}")
-    arch = (config.get("architectures") or [None])[0]
+    archs = config.get("architectures")
+    if archs is not None and (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)):
+        raise UserError(f"{name}: config 'architectures' must be a list of class names, got {archs!r}")
+    arch = (archs or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
     if arch and cls is None:
         raise UserError(f"transformers {transformers.__version__} has no class {arch!r} "
                         f"(named in the config's 'architectures')")
     with _seeded(device, seed) as gen:
-        module = cls(cfg) if cls else transformers.AutoModel.from_config(cfg)
+        try:
+            module = cls(cfg) if cls else transformers.AutoModel.from_config(cfg)
+        except Exception as e:  # noqa: BLE001 - transformers refuses a bad config in many ways
+            raise UserError(f"transformers cannot build {name} from its config: {type(e).__name__}: "
+                            f"{_first_line(e)}") from None
         module = module.to(TORCH_DTYPES[dtype]).eval()
         ids = _tokens(cfg.vocab_size, (batch, seq), gen)
         if patch is not None:
@@ -264,17 +322,30 @@ def _huggingface(config: dict, name: str, batch: int, seq: int, dtype: str, patc
 def load_hf_config(path: str | Path) -> dict:
     """Read a Hugging Face config.json, with a plain error when it is missing or not JSON."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"config {str(path)!r} is a directory; give the config.json inside it")
     if not p.is_file():
         raise UserError(f"config file {str(path)!r} does not exist; give a zoo name "
                         f"({', '.join(ZOO_NAMES)}) or a path to a Hugging Face config.json")
+    if p.stat().st_size > 2**20:
+        raise UserError(f"config file {str(path)!r} is over 1 MiB; a config.json is a few KB")
     try:
         cfg = json.loads(p.read_text())
+    except OSError as e:
+        raise UserError(f"cannot read config file {str(path)!r}: {e.strerror}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"config file {str(path)!r} is not valid JSON: {e}") from None
     if not isinstance(cfg, dict) or "model_type" not in cfg:
         raise UserError(f"config file {str(path)!r} has no 'model_type'; "
                         "it does not look like a Hugging Face config.json")
     return cfg
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's message, its first line, at most `limit` characters (some list every
+    model type transformers knows)."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def capture_model(model: str, batch: int = 1, seq: int = 128, dtype: str = "fp32", *,

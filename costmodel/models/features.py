@@ -155,7 +155,9 @@ def to_data(sub: Subdiagram, hw: HardwareProfile, config: KernelConfig | None = 
 # The hardware descriptors a learned model sees, by name (`HardwareProfile.descriptor` keys):
 # "all"; "physical": peaks, bandwidth, ridge, units, caches, clock, power, and no flag that only
 # one GPU has; "ratios": figures per unit and dimensionless ratios a new GPU interpolates within
-# (`HardwareProfile.ratios`), with the ridge, shared memory, tensor-core generation and clock.
+# (`HardwareProfile.ratios`), with the ridge, shared memory, tensor-core generation and clock;
+# "minimal": the kind and four dimensionless figures; "none": the kind alone (the roofline terms
+# still carry the target's peaks and bandwidth).
 PHYSICAL = ("is_cpu", "log10_peak_flops_fp32", "log10_vector_flops", "log10_memory_bytes",
             "log10_memory_bandwidth", "log10_ridge_flops_per_byte", "log10_compute_units",
             "log10_l2_bytes", "log10_shared_memory_per_unit", "boost_clock_ghz", "log10_tdp_watts")
@@ -164,7 +166,10 @@ RATIOS = ("is_gpu", "is_tpu", "is_cpu", "log10_ridge_flops_per_byte", "log10_sha
           "log10_bandwidth_per_unit", "log10_l2_bytes_per_unit", "log10_watts_per_fp32_tflops",
           "log10_watts_per_tb_s", "base_over_boost", "shared_int_fraction", "log10_tf32_over_fp32",
           "log10_fp16_over_fp32", "log10_bf16_over_fp32")
-HARDWARE = ("all", "physical", "ratios")
+KINDS_ONLY = ("is_gpu", "is_tpu", "is_cpu")
+MINIMAL = (*KINDS_ONLY, "log10_ridge_flops_per_byte", "base_over_boost", "shared_int_fraction",
+           "log10_fp16_over_fp32")
+HARDWARE = ("all", "physical", "ratios", "minimal", "none")
 
 
 def hardware_columns(kind: str) -> tuple[int, ...]:
@@ -174,8 +179,9 @@ def hardware_columns(kind: str) -> tuple[int, ...]:
     keys = list(load_profile("a100").descriptor())
     if kind == "all":
         return tuple(range(len(keys)))
-    if kind in ("physical", "ratios"):
-        return tuple(keys.index(k) for k in (PHYSICAL if kind == "physical" else RATIOS))
+    named = {"physical": PHYSICAL, "ratios": RATIOS, "minimal": MINIMAL, "none": KINDS_ONLY}
+    if kind in named:
+        return tuple(keys.index(k) for k in named[kind])
     raise ValueError(f"unknown hardware features {kind!r}; valid: {', '.join(HARDWARE)}")
 
 

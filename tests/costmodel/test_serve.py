@@ -105,3 +105,75 @@ def test_attention_over_http(server):
     assert status == 200 and eager["attention"] == "eager"
     status, sdpa = call(server, "POST", "/predict", {"model": "gpt2", "seq": 64, "target": "a100"})
     assert status == 200 and sdpa["attention"] == "sdpa" and sdpa["diagram_hash"] != eager["diagram_hash"]
+
+
+# ---------------------------------------------------------------------------------------------
+# What a client may and may not make the service do
+
+
+@pytest.mark.parametrize("body,status,needle", [
+    ({"model": "gpt2", "target": "a100", "seqq": 512}, 400, "unknown field 'seqq'"),
+    ({"model": "/etc/passwd", "target": "a100"}, 400, "prices the zoo's models"),
+    ({"model": "../../etc/hosts.json", "target": "a100"}, 400, "prices the zoo's models"),
+    ({"model": "gpt2", "target": "a100", "batch": 1000, "seq": 1024}, 413, "outside what one request"),
+    ({"model": "gpt2", "target": "a100", "seq": 64,
+      "plan": [{"tile": "addmm", "config": {"block_m": 0, "block_n": 64, "block_k": 32}}]}, 400,
+     "positive integer"),
+])
+def test_requests_the_service_refuses(server, body, status, needle):
+    got, doc = call(server, "POST", "/predict", body)
+    assert got == status and needle in doc["error"], doc
+    assert "passwd" not in doc["error"] or "does not exist" not in doc["error"]  # no file probing
+
+
+def test_nan_in_a_posted_diagram_is_a_bad_request(server, capture):
+    doc = json.loads(capture("scgpt", 1, 32).to_json())
+    doc["vertices"][0]["flops"] = float("nan")
+    got, answer = call(server, "POST", "/predict/diagram", raw=json.dumps({"diagram": doc, "target": "a100"}).encode())
+    assert got == 400 and "NaN" in answer["error"]
+
+
+def test_get_on_a_post_route_is_405(server):
+    conn = http.client.HTTPConnection(*server, timeout=30)
+    conn.request("GET", "/predict")
+    resp = conn.getresponse()
+    assert resp.status == 405 and resp.getheader("Allow") == "POST"
+    resp.read()
+    conn.close()
+
+
+def test_a_body_that_never_arrives_frees_its_thread():
+    import socket
+    import time
+
+    srv = make_server("127.0.0.1", 0, cost_model="roofline")
+    srv.RequestHandlerClass.timeout = 1  # 30 s in service
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        sock = socket.create_connection(srv.server_address, timeout=10)
+        sock.sendall(b"POST /predict HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"model\"")
+        start = time.monotonic()
+        reply = sock.recv(4096)
+        assert b"408" in reply and time.monotonic() - start < 5
+        sock.close()
+        assert call(srv.server_address, "GET", "/health")[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_configs_from_the_folder_it_was_given(tmp_path):
+    (tmp_path / "tiny.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64, "n_layer": 1,
+                                                    "n_head": 2, "vocab_size": 100, "n_positions": 64}))
+    srv = make_server("127.0.0.1", 0, cost_model="roofline", configs=tmp_path)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        status, doc = call(srv.server_address, "POST", "/predict", {"model": "tiny.json", "seq": 32, "target": "a100"})
+        assert status == 200 and doc["model"] == "tiny"
+        status, doc = call(srv.server_address, "POST", "/predict", {"model": "../tiny.json", "target": "a100"})
+        assert status == 400 and "no config" in doc["error"]
+    finally:
+        srv.shutdown()
+        srv.server_close()

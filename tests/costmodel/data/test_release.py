@@ -53,3 +53,42 @@ def test_verify_cli_exit_codes(released):
     bad = subprocess.run([sys.executable, "-m", "costmodel.cli", "dataset", "verify", str(released)],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "manifest" in bad.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Release integrity: every tampering the verifier must catch
+
+
+def _tamper_manifest(released, change):
+    path = released / "manifest.json"
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc, indent=1))
+
+
+@pytest.mark.parametrize("tamper,needle", [
+    (lambda r: (r / "notes.txt").write_text("hello"), "notes.txt: not in the manifest"),
+    (lambda r: (r / "DATASHEET.md").unlink(), "DATASHEET.md: missing"),
+    (lambda r: (r / "DATASHEET.md").write_text((r / "DATASHEET.md").read_text() + "x"), "DATASHEET.md: differs"),
+    (lambda r: _tamper_manifest(r, lambda d: d["sources"]["host"].update(licence="MIT")), "licence"),
+    (lambda r: _tamper_manifest(r, lambda d: d["tables"]["measurements"].update(rows=99)), "99 rows"),
+    (lambda r: _tamper_manifest(r, lambda d: d["tables"]["measurements"]["columns"].pop()), "columns listed"),
+    (lambda r: _tamper_manifest(r, lambda d: d["files"].append(dict(d["files"][0]))), "listed twice"),
+    (lambda r: _tamper_manifest(r, lambda d: d["files"][0].update(path="../../outside.parquet")), "outside"),
+    (lambda r: _tamper_manifest(r, lambda d: d["files"][0].pop("path")), "needs path"),
+])
+def test_tampering_is_found(released, tamper, needle):
+    tamper(released)
+    problems = verify(released)
+    assert any(needle in p for p in problems), problems
+
+
+def test_a_tampered_release_is_neither_trained_on_nor_summarised(released):
+    from costmodel.models.train import training_graphs
+
+    (released / "extra.parquet").write_bytes(b"PAR1")
+    with pytest.raises(UserError, match="fails verification"):
+        training_graphs(released, released.parent / "cache", progress=False)
+    r = subprocess.run([sys.executable, "-m", "costmodel.cli", "dataset", "summary", str(released)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "fails verification" in r.stderr and "Traceback" not in r.stderr
