@@ -4,6 +4,7 @@
     autotune --target h100 --model gpt2 --batch 8 --seq 512 --dtype bf16 --trials 500 --out out/
     autotune --target cpu --model gpt2 --seq 64 --measure      # run eager and the plan here
     autotune worker --study NAME --storage URL --trials 100    # join a shared study
+    autotune run --plan out/plan.json                           # run a plan where its target is
 
 The study lives in OUT/study.journal unless --storage names another (sqlite:///f.db,
 postgresql://...): rerunning the same command resumes it where it stopped.
@@ -96,11 +97,85 @@ def _worker_parser() -> ArgumentParser:
     return p
 
 
+def _run_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="autotune run",
+                       description="Run a plan.json with every decision applied where its target is "
+                                   "(this CPU, the GPU here, or a fake GPU), check its outputs against "
+                                   "eager and time it beside eager and whole-model torch.compile.")
+    p.add_argument("--plan", required=True, help="a plan.json written by autotune")
+    p.add_argument("--model", default=None,
+                   help="the model the plan is for (default: the plan's); a zoo name or config.json")
+    p.add_argument("--target", default=None, help="must be the plan's target (default: the plan's)")
+    p.add_argument("--dtype", default=None, help="must be the plan's dtype (default: the plan's)")
+    p.add_argument("--measure", default="here", choices=("here", "fake"),
+                   help="here (default): this machine; fake: a fake GPU of the target")
+    p.add_argument("--repeats", type=positive_int, default=20, help="timed calls of each way (default 20)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:
         return run_main(_worker, argv[1:])
+    if argv[:1] == ["run"]:
+        return run_main(_run, argv[1:])
     return run_main(_main, argv)
+
+
+def _run(argv: Sequence[str]) -> int:
+    args = _run_parser().parse_args(argv)
+    from autotune.space import Space
+    from autotune.verify import verify_plan
+    from costmodel.hardware import load_profile
+    from costmodel.ir.plan import load_plan_file
+    from costmodel.ir.zoo import capture_model
+
+    plan, doc = load_plan_file(args.plan)
+    missing = [k for k in ("model", "batch", "seq", "dtype", "target", "diagram_hash") if k not in doc]
+    if missing:
+        raise UserError(f"{args.plan} lacks {', '.join(missing)}: it is not a plan.json autotune wrote")
+    model, attention = args.model or doc["model"], doc.get("attention", "sdpa")
+    if args.dtype is not None and args.dtype != doc["dtype"]:
+        raise UserError(f"{args.plan} was tuned for {doc['dtype']}, not {args.dtype}: its tiles and "
+                        f"prices hold for that dtype only; retune with autotune --dtype {args.dtype}")
+    target = load_profile(args.target or doc["target"])
+    if target.name != doc["target"]:
+        raise UserError(f"{args.plan} was tuned for {doc['target']}, not {target.name}; retune with "
+                        f"autotune --target {args.target}")
+    diagram = capture_model(model, doc["batch"], doc["seq"], doc["dtype"], attention=attention)
+    if diagram.hash != doc["diagram_hash"]:
+        raise UserError(f"{args.plan} was tuned for another graph than {model} at batch {doc['batch']} "
+                        f"seq {doc['seq']} {doc['dtype']} {attention} gives (diagram {doc['diagram_hash'][:12]}, "
+                        f"not {diagram.hash[:12]}): the model or its config changed; retune with autotune")
+    try:
+        Space(diagram, target).check(plan)
+    except ValueError as e:
+        raise UserError(f"{args.plan} does not fit {target.name}: {e}") from None
+    runner = _measure_runner(target, args.measure)
+    v = verify_plan(model, doc["batch"], doc["seq"], doc["dtype"], plan, repeats=args.repeats,
+                    threads=args.threads, runner=runner, attention=attention, progress=not args.quiet)
+    measured = {"baseline": {"predicted_ms": doc.get("baseline_ms"), "measured_ms": v.eager_ms},
+                "plan": {"predicted_ms": doc.get("plan_ms"), "measured_ms": v.plan_ms},
+                "compiled_ms": v.compiled_ms, "max_abs_error": v.max_abs_error,
+                "tolerance": v.tolerance, "repeats": v.repeats, "threads": v.threads,
+                "hardware": v.hardware, "device": v.device, "runner": runner.name,
+                "applied": v.applied.to_dict(), "plan_hash": v.plan_hash}
+    if args.json:
+        print(json.dumps(measured, indent=1))
+        return 0
+    a = v.applied
+    print(f"{diagram.name} batch {doc['batch']} seq {doc['seq']} {doc['dtype']} on {v.hardware}: "
+          f"{a.triton} kernels ours, {a.inductor} by inductor, rest {plan.runtime.rest}"
+          f"{', CUDA graph' if plan.runtime.cuda_graph else ''}; "
+          f"{a.tiles_applied} tiles applied, {a.tiles_ignored} not")
+    for reason in a.fallbacks:
+        print(f"  {reason}")
+    print(f"  outputs match eager: max abs error {v.max_abs_error:.3g} (allowed {v.tolerance:.3g})")
+    print(_measured_table(measured))
+    return 0
 
 
 def study_name(args, diagram_hash: str, cost_model: str) -> str:
@@ -233,7 +308,8 @@ def _measure(args, result, runner) -> dict:
             "plan": {"predicted_ms": result.best.total_ms, "measured_ms": v.plan_ms},
             "compiled_ms": v.compiled_ms, "max_abs_error": v.max_abs_error,
             "repeats": v.repeats, "threads": v.threads, "hardware": v.hardware, "device": v.device,
-            "runner": runner.name, "rows_written": written.get("written", 0)}
+            "runner": runner.name, "rows_written": written.get("written", 0),
+            "applied": v.applied.to_dict()}
 
 
 def _whatifs(args, cost_model, result, diagram) -> list[dict]:

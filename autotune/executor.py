@@ -92,6 +92,8 @@ def group_module(nodes: list[torch.fx.Node], label: str, device: torch.device) -
         args, kwargs = torch.fx.node.map_arg((n.args, n.kwargs), lambda x: env[x])
         env[n] = graph.create_node(n.op, n.target, on_device(args, device),
                                    on_device(kwargs, device), name=f"v{k}")
+        if "val" in n.meta:  # shapes, for kernels that lower the group (`lowering`)
+            env[n].meta["val"] = n.meta["val"]
     outputs = [n for n in nodes if any(u not in inside for u in n.users)] or nodes[-1:]
     graph.output(tuple(env[n] for n in outputs))
     module = torch.fx.GraphModule(nn.Module(), graph)
@@ -184,3 +186,189 @@ def compile_group(module: torch.fx.GraphModule, example: Sequence[Any]) -> Calla
     module.recompile()
     fn = torch._inductor.compile(module, [example[i] for i in keep])
     return lambda *xs: fn(*(xs[i] for i in keep))
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan as a callable
+
+
+@dataclass(frozen=True)
+class Applied:
+    """How each of a plan's kernels runs: `triton` our kernels (a tile, flash blocks, a fused
+    add + layer norm), `inductor` a fusion group compiled by inductor, `eager` a decision run as
+    eager PyTorch runs it, with the reason (`fallbacks`)."""
+
+    triton: int
+    inductor: int
+    eager: int
+    tiles_applied: int
+    tiles_ignored: int
+    fallbacks: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"triton_kernels": self.triton, "inductor_groups": self.inductor,
+                "eager_decisions": self.eager, "tiles_applied": self.tiles_applied,
+                "tiles_ignored": self.tiles_ignored, "fallbacks": list(self.fallbacks)}
+
+
+@dataclass(frozen=True, eq=False)
+class Executable:
+    """A plan applied to an exported graph on a device: `graph` (groups as submodule calls) and
+    `implementations` (submodule name -> callable, compiled on first use) make `module()`;
+    `kinds` says which implementation each group got."""
+
+    graph: torch.fx.Graph
+    groups: tuple[Group, ...]
+    implementations: dict
+    applied: Applied
+    rest: str  # "eager" or "inductor": how the ops outside the groups run
+    cuda_graph: bool = False  # the plan's: capture the call once and replay it
+
+    def module(self, implementations: dict | None = None) -> torch.fx.GraphModule:
+        return torch.fx.GraphModule(dict(implementations or self.implementations), copy.deepcopy(self.graph))
+
+
+def lower_plan(gm: torch.fx.GraphModule, diagram, plan, *, device: torch.device, triton: bool,
+               tf32: bool = False, rest: str | None = None) -> Executable:
+    """Each kernel of `plan` with a decision as a group of `gm`'s graph, and how it runs:
+    our Triton kernels where `triton` (a GPU, or the interpreter), inductor for other fusion
+    groups (inline in the graph when the rest is "inductor": the whole graph is compiled), eager
+    for a decision that has no kernel here. `rest` (None: the plan's `Runtime`) overrides how
+    the rest runs. PlanError when the plan does not fit the graph."""
+    from autotune.lowering import AddLayerNormKernel, AttentionKernel, MatmulKernel, NotLowerable
+
+    try:
+        kernels = plan.kernels(diagram)
+        runtime = plan.runtime
+    except ValueError as e:
+        raise PlanError(f"the plan does not fit {diagram.name}: {e}") from None
+    rest = runtime.rest if rest is None else rest
+    if rest not in ("eager", "inductor"):
+        raise PlanError(f"the rest of the graph runs eager or inductor, not {rest!r}")
+    chosen, fallbacks = [], []
+    counts = {"triton": 0, "inductor": 0, "eager": 0, "tiles": 0, "ignored": 0}
+    for k in kernels:
+        names = tuple(v.name for v in k.subdiagram.vertices)
+        compute = [v for v in k.subdiagram.vertices if not v.is_free]
+        kinds = [v.kind for v in compute]
+        fused = len(compute) > 1
+        if k.config is not None or (fused and kinds == ["add", "layer_norm"]):
+            if triton:
+                chosen.append((names, "triton", k, compute))
+                continue
+            if k.config is not None:
+                counts["ignored"] += 1
+                fallbacks.append(f"{_label(k.subdiagram.vertices)}: no Triton here, the config is not applied")
+        if fused:
+            chosen.append((names, "inductor", k, compute))
+        elif k.config is not None:
+            counts["eager"] += 1
+    groups = [(names, _label(k.subdiagram.vertices)) for names, how, k, _ in chosen
+              if how == "triton" or rest == "eager"]
+    graph, built = partition(gm, groups, device)
+    implementations: dict[str, Callable] = {}
+    shared: dict[tuple, Callable] = {}  # groups of the same code, shapes and config: one kernel
+    for i, ((names, how, k, compute), group) in enumerate(zip(
+            [c for c in chosen if c[1] == "triton" or rest == "eager"], built)):
+        same = (group.key, how, k.config)
+        if same in shared:
+            implementations[f"group_{i}"] = shared[same]
+            counts[_how(shared[same])] += 1
+            counts["tiles"] += how == "triton" and k.config is not None and \
+                not isinstance(shared[same], _Compiled)
+            continue
+        impl = None
+        if how == "triton":
+            try:
+                if any(v.kind == "matmul" for v in compute):
+                    impl = MatmulKernel(group.module, k.config, tf32)
+                    counts["tiles"] += 1
+                elif compute[0].kind == "attention":
+                    impl = AttentionKernel(group.module, compute[0], k.config, tf32)
+                    counts["tiles"] += 1
+                else:
+                    impl = AddLayerNormKernel(group.module)
+                counts["triton"] += 1
+            except NotLowerable as e:
+                fallbacks.append(f"{group.label}: {e}; run by inductor")
+                counts["ignored"] += k.config is not None
+        if impl is None:
+            impl = _Compiled(group) if len(compute) > 1 else group.module
+            counts["inductor" if len(compute) > 1 else "eager"] += 1
+        implementations[f"group_{i}"] = shared[same] = impl
+    if rest == "inductor":
+        counts["inductor"] += sum(1 for c in chosen if c[1] == "inductor")
+    return Executable(graph, tuple(built), implementations,
+                      Applied(counts["triton"], counts["inductor"], counts["eager"], counts["tiles"],
+                              counts["ignored"], tuple(fallbacks)), rest, runtime.cuda_graph)
+
+
+def _how(impl: Callable) -> str:
+    if isinstance(impl, _Compiled):
+        return "inductor"
+    return "eager" if isinstance(impl, torch.fx.GraphModule) else "triton"
+
+
+class _Compiled(nn.Module):
+    """A fusion group compiled by inductor on its first call (for the shapes it sees then)."""
+
+    def __init__(self, group: Group) -> None:
+        super().__init__()
+        self.group = group
+        self.fn: Callable | None = None
+
+    def forward(self, *xs: Any) -> Any:
+        if self.fn is None:
+            self.fn = compile_group(self.group.module, xs)
+        return self.fn(*xs)
+
+
+def _label(vertices: Sequence) -> str:
+    """A group as people read it: its compute vertices and the module it sits in."""
+    names = "+".join(v.name for v in vertices if not v.is_free)
+    module = next((v.module for v in vertices if v.module), "")
+    return f"{names} ({module})" if module else names
+
+
+class CudaGraphed:
+    """`fn` captured once as a CUDA graph for `example` (static shapes and addresses); a call
+    copies its inputs into the captured buffers and replays the graph."""
+
+    def __init__(self, fn: Callable, example: Sequence[Any]) -> None:
+        self.static = [x.clone() if isinstance(x, torch.Tensor) else x for x in example]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up: compiles and allocator state settle outside the capture
+                fn(*self.static)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = fn(*self.static)
+
+    def __call__(self, *xs: Any) -> Any:
+        for s, x in zip(self.static, xs):
+            if isinstance(s, torch.Tensor) and s.data_ptr() != x.data_ptr():
+                s.copy_(x)
+        self.graph.replay()
+        return self.out
+
+
+def executor(exe: Executable, example: Sequence[Any], *, cuda_graph: bool | None = None,
+             compile_rest: Callable | None = None) -> Callable:
+    """The callable that runs the plan: the graph with its groups' implementations; with rest
+    "inductor", the whole graph compiled (our kernels stay opaque custom operators in it); with
+    `cuda_graph` (None: the plan's), captured once and replayed (a GPU only)."""
+    cuda_graph = exe.cuda_graph if cuda_graph is None else cuda_graph
+    module = exe.module()
+    fn: Callable = module
+    if exe.rest == "inductor":  # one ATen graph, our kernels in it as custom operators
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        flat = make_fx(module, tracing_mode="fake")(*example)
+        fn = (compile_rest or compile_group)(flat, example)
+    if cuda_graph:
+        if not any(isinstance(x, torch.Tensor) and x.is_cuda for x in example):
+            raise PlanError("a CUDA graph needs the model on a CUDA GPU")
+        fn = CudaGraphed(fn, example)
+    return fn

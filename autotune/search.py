@@ -24,7 +24,7 @@ from tqdm import tqdm
 from autotune.space import Choice, Space, tile_label
 from autotune.storage import fail_stale
 from costmodel.models.base import CostModel, PlanCost
-from costmodel.ir.plan import KernelConfig, Plan
+from costmodel.ir.plan import Fuse, KernelConfig, Plan, Tile
 
 SAMPLERS = ("tpe", "random")
 BATCH = 8  # trials asked, priced and told together
@@ -39,6 +39,7 @@ class SearchResult:
     history: tuple[float, ...]  # predicted ms of each complete trial, in trial order
     study_name: str = ""
     suggested: int = 0  # prior suggestions enqueued
+    compiled: PlanCost | None = None  # whole-model torch.compile, the space's point for it
 
     @property
     def speedup(self) -> float:
@@ -77,7 +78,7 @@ class Evaluator:
                                          [k.config for k in todo])
             self._ms.update(zip(missing, map(float, ms)))
         return [self.cost_model.plan_total(sum(self._ms[(k.subdiagram.hash, k.config)] for k in ks),
-                                           len(ks)) for ks in kernels]
+                                           plan.launches(len(ks))) for plan, ks in zip(plans, kernels)]
 
 
 def _legal(trial: optuna.trial.FrozenTrial) -> bool:
@@ -179,9 +180,10 @@ def search(space: Space, cost_model: CostModel, *, trials: int = 200, seed: int 
     if not study.trials:
         if callable(suggestions):
             suggestions = suggestions()
-        # Eager first (the reference every search sees), then the prior's suggestions; a param a
-        # suggestion leaves out takes what eager does.
-        for given in [{}, *suggestions]:
+        # Eager first (the reference every search sees), then whole-model torch.compile (with a
+        # CUDA graph too on a GPU: what users get for free), then the prior's suggestions; a
+        # param a suggestion leaves out takes what eager does.
+        for given in [{}, *space.compile_points, *suggestions]:
             study.enqueue_trial({p.name: p.label(given.get(p.name, p.choices[0])) for p in space.params},
                                 skip_if_exists=True)
         suggested = len(suggestions)
@@ -200,21 +202,23 @@ def result_of(study: optuna.Study, space: Space, cost_model: CostModel,
     space.check(plan)
     baseline = cost_model.predict_plan(space.diagram, space.target, Plan())
     best = cost_model.predict_plan(space.diagram, space.target, plan)
+    compiled = cost_model.predict_plan(space.diagram, space.target,
+                                       space.plan_from(space.compile_points[0]))
     if best.total_ms >= baseline.total_ms:
         plan, best = Plan(), baseline
     complete = sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
                       key=lambda t: t.number)
     return SearchResult(plan, baseline, best, len(complete), tuple(t.value for t in complete),
-                        study.study_name, suggested)
+                        study.study_name, suggested, compiled)
 
 
 def changes(plan: Plan) -> dict[str, list[str]]:
     """What the plan changed, per vertex: fused with which ops, which tile."""
     out: dict[str, list[str]] = {}
     for d in plan.decisions:
-        if hasattr(d, "vertices"):
+        if isinstance(d, Fuse):
             out.setdefault(d.vertices[0], []).append("fused " + "+".join(d.vertices[1:]))
-        else:
+        elif isinstance(d, Tile):
             out.setdefault(d.vertex, []).append("tile " + tile_label(d.config))
     return out
 

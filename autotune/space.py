@@ -9,6 +9,11 @@ rule book (`costmodel.ir.rules`), so measurement can time each one and the kerne
   of the pointwise ops after it join its epilogue; residual add + layer norm as one kernel;
   connected chains of pointwise ops as one kernel; and for attention under a causal or scGPT
   mask a mask-aware kernel that skips the blocks its mask zeroes (`skip_masked`).
+- graph: how the rest of the graph runs, eager or compiled by inductor around the plan's
+  kernels (then inductor's own kernels, `rules.inductor_groups`, join the plan as fusion
+  groups, so they are priced), and on a GPU whether the call is captured as a CUDA graph (no
+  host launch per kernel). Whole-model `torch.compile` is a point of the space: every other
+  choice eager, the rest by inductor.
 - high: architecture what-ifs, priced but never applied: `autotune.whatif`.
 
 Sites with the same content hash form a class and share one decision (a tuner tunes each
@@ -29,9 +34,9 @@ from typing import Union
 from costmodel.hardware import HardwareProfile
 from costmodel.ir import rules
 from costmodel.ir.diagram import Diagram
-from costmodel.ir.plan import Fuse, KernelConfig, Plan, Tile, check_fusable
+from costmodel.ir.plan import RESTS, Fuse, KernelConfig, Plan, Runtime, Tile, check_fusable
 
-Choice = Union[None, bool, int, KernelConfig]  # a param's value: a config, a fusion depth or a flag
+Choice = Union[None, bool, int, str, KernelConfig]  # a config, a fusion depth, a flag or a runtime
 LIBRARY = "library"  # the label of None: the vendor library's own kernel
 
 
@@ -60,10 +65,11 @@ class Param:
     """One decision of the space: a name, the legal choices (frozen values; `choices[0]` is
     what eager does), the level, how many sites share it, and what it is about (for priors and
     reports). `kind` says what a choice is: "epilogue" (ops fused, an int), "fuse" (a bool),
-    "tile" or "attention" (a KernelConfig, or None for the library's kernel)."""
+    "tile" or "attention" (a KernelConfig, or None for the library's kernel), "rest" (eager or
+    inductor), "cuda_graph" (a bool)."""
 
     name: str
-    level: str  # "low" or "mid"
+    level: str  # "low", "mid" or "graph"
     kind: str
     choices: tuple[Choice, ...]
     sites: int
@@ -76,6 +82,8 @@ class Param:
             return LIBRARY
         if isinstance(value, KernelConfig):
             return attention_label(value) if self.kind == "attention" else tile_label(value)
+        if isinstance(value, str):
+            return value
         return str(int(value))
 
     @cached_property
@@ -165,6 +173,8 @@ class Space:
                                  tuple((m, ()) for m, _ in cls.sites)))
         for j, sites in enumerate(self._classes_of(self._attention_sites()).values()):
             v = d.vertex[sites[0][0]]
+            if v.mask_kind not in rules.FLASH_MASKS:  # a custom mask: only the library's kernel
+                continue
             skip = v.mask_kind in rules.SKIPPABLE_MASKS
             configs = rules.legal_attention(self.target, v.dtype, v.input_shapes[0][-1], False)
             if skip:
@@ -184,6 +194,11 @@ class Space:
                 out.append(_Rule(Param(f"{prefix}{k}.fuse", "mid", "fuse", (False, True), len(sites),
                                        _describe(d, sites[0][1]), {"group": kind, "meaning": what}),
                                  tuple(sites)))
+        out.append(_Rule(Param("rt.rest", "graph", "rest", RESTS, 1, "the ops no other decision takes",
+                               {"meaning": "eager op by op, or compiled by inductor around the plan's kernels"}), ()))
+        if self.target.kind == "gpu":
+            out.append(_Rule(Param("rt.cuda_graph", "graph", "cuda_graph", (False, True), 1, "the whole call",
+                                   {"meaning": "captured once as a CUDA graph and replayed"}), ()))
         return tuple(out)
 
     def _classes_of(self, sites: list[tuple[str, tuple[str, ...]]]) -> dict[str, list]:
@@ -203,6 +218,15 @@ class Space:
     @cached_property
     def param(self) -> dict[str, Param]:
         return {p.name: p for p in self.params}
+
+    @cached_property
+    def compile_points(self) -> tuple[dict[str, Choice], ...]:
+        """Whole-model torch.compile as assignments: the rest by inductor, every other choice
+        eager; then the same replayed as a CUDA graph where the target runs them."""
+        points: list[dict[str, Choice]] = [{"rt.rest": "inductor"}]
+        if "rt.cuda_graph" in self.param:
+            points.append({"rt.rest": "inductor", "rt.cuda_graph": True})
+        return tuple(points)
 
     def groups(self, assignment: Mapping[str, Choice]) -> list[tuple[str, ...]]:
         """The fusion groups an assignment asks for, one per site, before merging: each is a
@@ -231,8 +255,14 @@ class Space:
             value = assignment.get(r.param.name, r.param.choices[0])
             if r.param.kind in ("tile", "attention") and value is not None:
                 configs += [(anchor, value) for anchor, _ in r.sites]
-        decisions: list[Fuse | Tile] = [Fuse(g) for g in self._merge(self.groups(assignment))]
+        groups = self._merge(self.groups(assignment))
+        runtime = Runtime(assignment.get("rt.rest", "eager"), assignment.get("rt.cuda_graph", False))
+        if runtime.rest == "inductor":
+            groups += rules.inductor_groups(self.diagram, {n for g in groups for n in g})
+        decisions: list[Fuse | Tile | Runtime] = [Fuse(g) for g in groups]
         decisions += [Tile(v, c) for v, c in configs]
+        if runtime != Runtime():
+            decisions.append(runtime)
         return Plan(tuple(decisions))
 
     def plan_from_labels(self, labels: Mapping[str, str]) -> Plan:
@@ -276,6 +306,10 @@ class Space:
         for d in plan.decisions:
             if isinstance(d, Fuse):
                 check_fusable(self.diagram, d.vertices)
+                continue
+            if isinstance(d, Runtime):
+                if d.cuda_graph and self.target.kind != "gpu":
+                    raise ValueError(f"{self.target.name} runs no CUDA graphs")
                 continue
             if self.target.kind != "gpu":
                 raise ValueError(f"{self.target.name} takes no tile configs")

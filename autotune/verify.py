@@ -3,27 +3,30 @@ check it computes what eager PyTorch computes, and time it through the runner's 
 
 Three ways, timed interleaved (`Runner.time`):
 - eager: the exported ATen graph, one op after another (the diagram's eager partition);
-- plan: the same graph with each fusion group of the plan compiled by inductor (`executor`),
-  everything else eager;
-- compiled: the whole graph compiled by inductor at once.
+- plan: the same graph with every decision applied (`executor.lower_plan`): tiles, flash blocks
+  and add + layer norm by our Triton kernels where Triton runs (a GPU), other fusion groups
+  compiled by inductor, the rest eager or compiled around them as the plan's `Runtime` says,
+  and replayed as a CUDA graph when it says so;
+- compiled: the whole graph compiled by inductor at once (what torch.compile gives for free).
 
 Inductor is called on the fx modules directly (`torch._inductor.compile`, what torch.compile runs
 after dynamo's capture): dynamo's guard checks cost over 100 µs a call here, more than a small
 fused kernel takes, and would be charged to the plan once per group.
 
-Before timing, one checked run calls every group compiled and eager on the same inputs and
-compares (naming the first group that differs), and the plan's and the whole compile's outputs
-are compared with the model's own eager forward (`Runner.check`: the rule book's tolerance per
-dtype). Tiles (`Tile` decisions) are not applied: inductor picks its own launch parameters (on a
-GPU, its Triton kernels' tiles), so they are counted as ignored.
+Before timing, one checked run calls every group's implementation and its eager nodes on the
+same inputs and compares (naming the first group that differs), and the plan's and the whole
+compile's outputs are compared with the model's own eager forward (`Runner.check`: the rule
+book's tolerance per dtype). A decision with no kernel here (a tile on the CPU) is counted as
+ignored and said (`Verification.applied`).
 
 On a GPU, fp32 runs with TF32 off and tf32 with it on (`Runner.numerics`). The fake runner runs
-every graph on meta tensors (shapes are checked, nothing is compiled) and prices each way by the
-roofline of the kernels it runs: the whole path, with no GPU.
+every graph on meta tensors (shapes are checked, nothing is compiled, our kernels' shape rules
+stand in for them) and prices each way by the roofline of the kernels it runs: the whole path,
+with no GPU.
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 import sys
 import time
@@ -37,13 +40,13 @@ import torch.fx
 import torch.utils._pytree as pytree
 from torch import nn
 
-from autotune.executor import PlanError, build_model, compile_group, flat_inputs, partition
-from autotune.executor import Group
+from autotune.executor import (Applied, Group, PlanError, _Compiled, _how, build_model, compile_group,
+                               executor, flat_inputs, lower_plan, partition)
 from costmodel.data.schema import DATA_DIR
 from costmodel.data.shards import ShardWriter, existing_ids
 from costmodel.errors import UserError
 from costmodel.ir.diagram import Diagram
-from costmodel.ir.plan import Kernel, Plan, Tile, eager_partition
+from costmodel.ir.plan import Kernel, Plan, eager_partition
 from costmodel.measure import Result, Runner, runner as resolve_runner
 from costmodel.measure.collect import add_context_rows
 from costmodel.measure.fake import FACTORS
@@ -89,7 +92,8 @@ class Verification:
     compiled_max_abs_error: float | None
     tolerance: float  # the largest max_abs_error accepted for these outputs
     kernels: tuple[FusedKernel, ...]
-    ignored_tiles: int  # Tile decisions: inductor chose its own
+    ignored_tiles: int  # configs (tiles, flash blocks) not applied: no kernel for them here
+    applied: Applied  # how each kernel ran
     loadavg_1m: float | None  # the host's load when timing ended: other processes skew timings
     diagram: Diagram = field(repr=False, compare=False)
 
@@ -115,35 +119,33 @@ class Verification:
 
 
 class _Checked(nn.Module):
-    """Runs a group compiled (compiling its code on the first call of any group that shares it)
-    and eager on the same inputs; raises PlanError naming the group when the compile fails or
-    the results differ. Returns the compiled result."""
+    """Runs a group's implementation (compiling it on the first call) and the group's own ATen
+    nodes on the same inputs; raises PlanError naming the group when it fails or the results
+    differ. Returns the implementation's result."""
 
-    def __init__(self, group: Group, shared: dict[str, Callable], dtype: str,
-                 compile: Callable) -> None:
+    def __init__(self, group: Group, impl: Callable, dtype: str, first: set) -> None:
         super().__init__()
-        self.group, self.shared, self.dtype, self.compile = group, shared, dtype, compile
-        self.compile_s: float | None = None  # set on the group that compiled the shared code
+        self.group, self.impl, self.dtype, self.first = group, impl, dtype, first
+        self.compile_s: float | None = None  # the first call's seconds, on the group that compiled
         self.max_abs_error = 0.0
 
     def forward(self, *xs: Any) -> Any:
         start = time.perf_counter()
+        how = {"inductor": "inductor", "eager": "eager"}.get(
+            _how(self.impl), f"our Triton kernel ({type(self.impl).__name__})")
         try:
-            if self.group.key not in self.shared:
-                self.shared[self.group.key] = self.compile(self.group.module, xs)
-                out = self.shared[self.group.key](*xs)
+            out = self.impl(*xs)
+            if id(self.impl) not in self.first:  # groups sharing one kernel compile it once
+                self.first.add(id(self.impl))
                 self.compile_s = time.perf_counter() - start
-            else:
-                out = self.shared[self.group.key](*xs)
-        except Exception as e:  # inductor fails in many ways: say which group
-            raise PlanError(f"fusion group {self.group.label}: inductor failed: {describe(e)}") from e
+        except Exception as e:  # inductor and Triton fail in many ways: say which group
+            raise PlanError(f"fusion group {self.group.label}: {how} failed: {describe(e)}") from e
         ref = self.group.module(*xs)
         err, allowed, reason = output_error(out, ref, self.dtype)
         self.max_abs_error = err
         if reason or err > allowed:
-            raise PlanError(f"fusion group {self.group.label} compiled by inductor differs from "
-                            f"eager: {reason or f'max abs error {err:.3g}'}, allowed "
-                            f"{allowed:.3g} ({self.dtype})")
+            raise PlanError(f"fusion group {self.group.label} ({how}) differs from eager: "
+                            f"{reason or f'max abs error {err:.3g}'}, allowed {allowed:.3g} ({self.dtype})")
         return out
 
 
@@ -157,8 +159,8 @@ def _runner(spec: str | Runner) -> Runner:
 
 def verify_plan(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats: int = 20,
                 warmup: int = 3, seed: int = 0, threads: int | None = None,
-                runner: str | Runner = "cpu", attention: str = "sdpa",
-                progress: bool = True) -> Verification:
+                runner: str | Runner = "cpu", attention: str = "sdpa", triton: bool | None = None,
+                cuda_graph: bool | None = None, progress: bool = True) -> Verification:
     """Run `plan` for `model` (a zoo name or a Hugging Face config.json path) at (batch, seq,
     dtype) on `runner` ("cpu", "cuda" for this machine's GPU 0, "fake", or a Runner): check its
     outputs against eager PyTorch, then time eager, the plan and the whole graph compiled by
@@ -178,13 +180,15 @@ def verify_plan(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, rep
     try:
         with torch.no_grad(), be.numerics(dtype):
             return _verify(model, batch, seq, dtype, plan, repeats=repeats, warmup=warmup,
-                           seed=seed, be=be, attention=attention, progress=progress)
+                           seed=seed, be=be, attention=attention, triton=triton,
+                           cuda_graph=cuda_graph, progress=progress)
     finally:
         torch.set_num_threads(before)
 
 
 def _verify(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats: int,
-            warmup: int, seed: int, be: Runner, attention: str, progress: bool) -> Verification:
+            warmup: int, seed: int, be: Runner, attention: str, triton: bool | None,
+            cuda_graph: bool | None, progress: bool) -> Verification:
     from costmodel.ir.zoo import export_model
 
     say = _say if progress else lambda *_: None
@@ -195,8 +199,6 @@ def _verify(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats
         kernels = plan.kernels(diagram)
     except ValueError as e:
         raise PlanError(f"the plan does not fit {diagram.name}: {e}") from None
-    groups_of = [k for k in kernels if len(k.subdiagram.vertices) > 1]
-    ignored = sum(isinstance(d, Tile) for d in plan.decisions)
     device = be.device
     say(f"verify: building {diagram.name} on {device} with random weights (seed {seed})")
     module, args, kwargs = build_model(model, batch, seq, dtype, seed=seed, device=device,
@@ -221,21 +223,29 @@ def _verify(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats
                         f"({reason or f'max abs error {err:.3g}'}); cannot verify plans on it")
 
     compile = (lambda module, example: module) if fake else compile_group
-    groups = [(tuple(v.name for v in k.subdiagram.vertices), _label(k.subdiagram.vertices))
-              for k in groups_of]
-    graph, built = partition(gm, groups, device)
-    shared: dict[str, Callable] = {}
-    checks = {f"group_{i}": _Checked(g, shared, dtype, compile) for i, g in enumerate(built)}
-    say(f"verify: compiling the plan's {len(built)} fusion groups "
-        f"({len({g.key for g in built})} distinct) with inductor, checking each against eager")
-    planned = torch.fx.GraphModule(dict(checks), copy.deepcopy(graph))
-    plan_err, plan_allowed, reason = output_error(outputs(planned(*inputs)), reference, dtype)
+    use_triton = (device.type in ("cuda", "meta")) if triton is None else triton
+    exe = lower_plan(gm, diagram, plan, device=device, triton=use_triton, tf32=dtype == "tf32")
+    if fake:  # nothing compiles on meta tensors: inductor groups run their own ATen nodes
+        exe = dataclasses.replace(exe, implementations={
+            k: (g.module if isinstance(v, _Compiled) else v)
+            for (k, v), g in zip(exe.implementations.items(), exe.groups)})
+    first: set[int] = set()
+    checks = {name: _Checked(g, impl, dtype, first)
+              for (name, impl), g in zip(exe.implementations.items(), exe.groups)}
+    say(f"verify: the plan's {len(exe.groups)} kernels ({exe.applied.triton} ours, "
+        f"{exe.applied.inductor} by inductor), checking each against eager")
+    for reason in exe.applied.fallbacks:
+        say(f"verify: {reason}")
+    plan_err, plan_allowed, reason = output_error(outputs(exe.module(checks)(*inputs)), reference, dtype)
     if reason or plan_err > plan_allowed:
         raise PlanError(f"the plan's outputs differ from eager: "
                         f"{reason or f'max abs error {plan_err:.3g}'}, allowed {plan_allowed:.3g} "
-                        f"({dtype}), though each group matched alone")
+                        f"({dtype}), though each kernel matched alone")
     plan_compile_s = sum(c.compile_s or 0.0 for c in checks.values())
-    planned = torch.fx.GraphModule({name: shared[c.group.key] for name, c in checks.items()}, graph)
+    # On meta tensors nothing compiles and no graph is captured: the shapes are what is checked.
+    planned = executor(exe, inputs, cuda_graph=False if fake else cuda_graph,
+                       compile_rest=(lambda module, example: module) if fake else None)
+    built = exe.groups
 
     say("verify: compiling the whole model with inductor")
     start = time.perf_counter()
@@ -260,9 +270,10 @@ def _verify(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats
             "compiled": (eager_kernels, FACTORS["inductor"])}
     samples = be.time(fns, [inputs], repeats=repeats, warmup=warmup, work=work)
     compiled = Result.of(samples["compiled"]) if whole_error is None else Result.failure(whole_error)
-    fused = tuple(FusedKernel(g.vertices, k.subdiagram.hash, checks[f"group_{i}"].compile_s,
+    hashes = {tuple(v.name for v in k.subdiagram.vertices): k.subdiagram.hash for k in kernels}
+    fused = tuple(FusedKernel(g.vertices, hashes.get(g.vertices, ""), checks[f"group_{i}"].compile_s,
                               checks[f"group_{i}"].max_abs_error)
-                  for i, (g, k) in enumerate(zip(built, groups_of)))
+                  for i, g in enumerate(built))
     return Verification(
         model=diagram.name, batch=batch, seq=seq, dtype=dtype, plan=plan, plan_hash=plan.digest(),
         hardware=be.hardware, device=str(device), threads=torch.get_num_threads(),
@@ -271,7 +282,7 @@ def _verify(model: str, batch: int, seq: int, dtype: str, plan: Plan, *, repeats
         plan_compile_s=round(plan_compile_s, 3),
         compiled_compile_s=None if whole_s is None else round(whole_s, 3),
         max_abs_error=plan_err, compiled_max_abs_error=whole_err, tolerance=plan_allowed,
-        kernels=fused, ignored_tiles=ignored,
+        kernels=fused, ignored_tiles=exe.applied.tiles_ignored, applied=exe.applied,
         loadavg_1m=os.getloadavg()[0] if hasattr(os, "getloadavg") else None, diagram=diagram)
 
 

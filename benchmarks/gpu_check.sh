@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything a CUDA GPU adds, in one run on a machine with one (its own python3 with torch,
-# transformers, torch_geometric and triton; optuna for step 2). OUT (default out/gpu) gets seven
+# transformers, torch_geometric and triton; optuna for step 2). OUT (default out/gpu) gets eight
 # files at most (the device tool brings back eight): summary.txt, a log per step, and data.tar.gz
 # (the dataset rows, autotune's plans and reports). Add the rows to datasets/data, then score them:
 # python benchmarks/gpu_holdout.py report  (reports/h100-holdout.md)
@@ -9,7 +9,10 @@
 #      and whole-model inductor
 #   3. the tests that skip without a GPU (Triton kernels compiled, CUDA measurement, verify on CUDA)
 #   4. costmodel collect on cuda: kernel rows (library, Triton tiles, inductor fusions)
-# Each step has its own time limit (under 8 minutes in all), so one that hangs leaves the others
+#   5. benchmarks/plans_gpu.py on scGPT at 1200 genes, 75% queries, fp16: eager, sdpa,
+#      FlexAttention, torch.compile (default and max-autotune) and our plan, one table (the
+#      whole table: python benchmarks/plans_gpu.py --out reports/plans-gpu.md)
+# Each step has its own time limit (under 11 minutes in all), so one that hangs leaves the others
 # their time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +48,8 @@ step tests 90 $PY -m pytest -q -p no:cacheprovider -rs \
     tests/autotune/test_search.py -k "gpu or cuda or Cuda or needs_the_target or not_tensors"
 step collect 150 $PY -m costmodel.cli collect --target cuda --models bert-base,gpt2,scgpt \
     --batches 8 --seqs 512 --budget 110 --root "$DATA"
+step plans 180 $PY benchmarks/plans_gpu.py --models scgpt --sizes 4x1200 --dtypes fp16 \
+    --trials 200 --repeats 10 --out "$WORK/plans-gpu.md"
 rm -f "$WORK"/autotune*/study.journal
 tar -czf "$OUT/data.tar.gz" -C "$WORK" .
 echo "done"

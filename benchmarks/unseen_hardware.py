@@ -3,8 +3,8 @@ by side, over seeds, written as one report.
 
     python benchmarks/unseen_hardware.py [--seeds 0,1,2] [--out reports/unseen-hardware.md]
 
-For each seed, with the evaluation config (`GNNConfig(epochs=6, members=1, seed=S)`, the
-other fields at their defaults: the shipped model's inputs and loss):
+For each seed, with the evaluation config (`GNNConfig(epochs=6, members=1, seed=S)` and
+`GBDTConfig(seed=S)`, the other fields at their defaults: the shipped models' inputs and loss):
 - leave one GPU out (`costmodel eval --protocol leave-one-gpu-out`): kernel and whole-model
   MAPE of the GNN, the GBDT, their hybrid (mean ln ms) and the roofline on each GPU with
   whole-model runs;
@@ -42,7 +42,7 @@ from costmodel.data.schema import DATA_DIR, DATASETS_DIR  # noqa: E402
 from costmodel.hardware import load_profile  # noqa: E402
 from costmodel.models import evaluate as ev  # noqa: E402
 from costmodel.models.examples import model_workloads  # noqa: E402
-from costmodel.models.gbdt import GBDTCostModel  # noqa: E402
+from costmodel.models.gbdt import GBDTConfig, GBDTCostModel  # noqa: E402
 from costmodel.models.gnn import GNNConfig  # noqa: E402
 from costmodel.models.hybrid import HybridCostModel  # noqa: E402
 from costmodel.models.registry import load_cost_model  # noqa: E402
@@ -87,20 +87,22 @@ def _mean(xs):
 
 def run_seed(seed: int, graphs, workloads, groups, release: Path, data: Path, cfg_overrides: dict) -> dict:
     cfg = dataclasses.replace(GNNConfig(seed=seed, epochs=6, members=1), **cfg_overrides)
-    out: dict = {"config": dataclasses.asdict(cfg)}
+    gbdt_cfg = dataclasses.replace(GBDTConfig(seed=seed), **{
+        k: v for k, v in cfg_overrides.items() if k in ("hardware", "weight")})
+    out: dict = {"config": dataclasses.asdict(cfg), "gbdt_config": dataclasses.asdict(gbdt_cfg)}
     _say(f"seed {seed}: leave one GPU out")
     out["logo"] = {k: dataclasses.asdict(v) for k, v in
-                   ev.leave_one_gpu_out(graphs, workloads, cfg=cfg, methods=METHODS, progress=False).items()}
+                   ev.leave_one_gpu_out(graphs, workloads, cfg=cfg, gbdt=gbdt_cfg, methods=METHODS, progress=False).items()}
     _say(f"seed {seed}: leave one model family out")
     out["lomo"] = {k: dataclasses.asdict(v) for k, v in
-                   ev.leave_one_model_out(graphs, workloads, cfg=cfg, methods=METHODS, progress=False).items()}
+                   ev.leave_one_model_out(graphs, workloads, cfg=cfg, gbdt=gbdt_cfg, methods=METHODS, progress=False).items()}
     _say(f"seed {seed}: ranking")
     out["ranking"] = {k: v.to_dict() for k, v in
-                      ev.ranking(graphs, groups, cfg=cfg, methods=METHODS, progress=False).items()}
+                      ev.ranking(graphs, groups, cfg=cfg, gbdt=gbdt_cfg, methods=METHODS, progress=False).items()}
     _say(f"seed {seed}: the H100 hold-out, trained on the whole release")
     gnn = train(graphs, cfg, progress=False)
     gnn.composition = fit_composition(gnn, release)
-    gbdt = GBDTCostModel.fit(graphs, ev.gbdt_config(cfg))
+    gbdt = GBDTCostModel.fit(graphs, gbdt_cfg)
     gbdt.composition = fit_composition(gbdt, release)
     hybrid = HybridCostModel(gnn, gbdt)
     hybrid.composition = fit_composition(hybrid, release)

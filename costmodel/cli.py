@@ -241,6 +241,7 @@ def _learn(args) -> int:
     import dataclasses
 
     from costmodel.data.schema import DATASETS_DIR, RELEASES_DIR
+    from costmodel.models.gbdt import GBDTConfig
     from costmodel.models.gnn import GNNConfig
     from costmodel.models.registry import CHECKPOINTS
     from costmodel.models.train import train_checkpoint, training_graphs
@@ -253,14 +254,13 @@ def _learn(args) -> int:
     if args.guards in ("off", "clamp"):
         overrides["correction"] = None
     cfg = dataclasses.replace(GNNConfig(seed=args.seed), **overrides)
+    # the GBDT's own defaults, with the run's seed and whatever inputs and weights were asked for
+    gbdt = dataclasses.replace(GBDTConfig(seed=args.seed), **{
+        k: v for k, v in overrides.items() if k in ("hardware", "weight")})
     if args.command == "train":
-        if args.model == "gbdt":
-            from costmodel.models.evaluate import gbdt_config
-
-            cfg = gbdt_config(cfg)
-        model, path, seconds = train_checkpoint(args.model, data, cfg,
+        model, path, seconds = train_checkpoint(args.model, data, gbdt if args.model == "gbdt" else cfg,
                                                 Path(args.out) if args.out else CHECKPOINTS,
-                                                make_default=args.make_default)
+                                                gbdt=gbdt, make_default=args.make_default)
         print(f"trained a {args.model} on {model.trained_on['examples']} kernels from {data} in "
               f"{seconds:.0f} s; whole model = {model.composition.a:.3f} x kernels + "
               f"{model.composition.b * 1e3:.1f} us x launches; saved {path}")
@@ -284,7 +284,7 @@ def _learn(args) -> int:
         raise UserError("--methods hybrid needs gnn and gbdt too: it is their mean")
 
     if args.protocol == "ranking":
-        ranked = ranking(graphs, ranking_groups(data), cfg=cfg, methods=methods)
+        ranked = ranking(graphs, ranking_groups(data), cfg=cfg, gbdt=gbdt, methods=methods)
         if args.json:
             print(json.dumps({k: v.to_dict() for k, v in ranked.items()}, indent=1))
         else:
@@ -292,11 +292,12 @@ def _learn(args) -> int:
                                        ranked))
         return 0
     if args.protocol == "leave-one-gpu-out":
-        rows = leave_one_gpu_out(graphs, model_workloads(data), cfg=cfg, methods=methods,
+        rows = leave_one_gpu_out(graphs, model_workloads(data), cfg=cfg, gbdt=gbdt, methods=methods,
                                  gpus=args.gpus.split(",") if args.gpus else None)
         title = f"Leave one GPU out ({data.name}, seed {cfg.seed})"
     else:
-        rows = leave_one_model_out(graphs, model_workloads(data), cfg=cfg, methods=methods)
+        rows = leave_one_model_out(graphs, model_workloads(data), cfg=cfg, gbdt=gbdt,
+                                   methods=methods)
         title = f"Leave one model family out ({data.name}, seed {cfg.seed})"
     if args.json:
         print(json.dumps({k: {"kernels": v.n, "kernel_mape": v.mape, "models": v.models,

@@ -128,10 +128,13 @@ def _digest(value: object) -> str:
     return hashlib.blake2b(repr(value).encode(), digest_size=16).hexdigest()
 
 
-def content_hash(vertices: tuple[Vertex, ...], propagators: dict[str, Propagator]) -> str:
+def content_hash(vertices: tuple[Vertex, ...], propagators: dict[str, Propagator],
+                 escaping: frozenset[str] = frozenset()) -> str:
     """A Merkle hash of a set of vertices: each vertex is labelled by its content and the labels
     of what it reads (a member's output, or a boundary tensor by shape, dtype and role), so the
-    hash sees the whole structure but no names. Vertices must be in topological order."""
+    hash sees the whole structure but no names. `escaping`: tensors members read that are also
+    written out for the rest of the graph (a residual sum the next layer reads), memory traffic
+    the structure alone does not show. Vertices must be in topological order."""
     produced = {out: (v.name, i) for v in vertices for i, out in enumerate(v.outputs)}
     labels: dict[str, str] = {}
     for v in vertices:
@@ -147,6 +150,9 @@ def content_hash(vertices: tuple[Vertex, ...], propagators: dict[str, Propagator
                 p = propagators[name]
                 reads.append(("boundary", p.shape, p.dtype, p.role))
         labels[v.name] = _digest((v.content(), tuple(reads)))
+    written = sorted((labels[produced[n][0]], produced[n][1]) for n in escaping if n in produced)
+    if written:
+        return _digest(("diagram", tuple(sorted(labels.values())), "escaping", tuple(written)))
     return _digest(("diagram", tuple(sorted(labels.values()))))
 
 
@@ -193,7 +199,8 @@ class Subdiagram:
     @cached_property
     def hash(self) -> str:
         props = {p.name: p for p in (*self.inputs, *self.outputs, *self.internal)}
-        return content_hash(self.vertices, props)
+        read = {n for v in self.vertices for n in v.inputs}
+        return content_hash(self.vertices, props, frozenset(p.name for p in self.outputs if p.name in read))
 
     def to_record(self) -> dict:
         """Everything needed to rebuild this subdiagram alone (`from_record`), JSON-ready."""

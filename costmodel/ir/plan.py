@@ -1,7 +1,9 @@
 """Plans: frozen, ordered decisions that turn a diagram into kernels.
 
 A plan is a tuple of decisions. `Fuse` makes one kernel of several vertices; `Tile` sets the
-kernel parameters of the kernel that holds a vertex. Applying a plan to a diagram gives its
+kernel parameters of the kernel that holds a vertex; `Runtime` says how the rest of the graph
+runs (op by op, or compiled by inductor around the plan's kernels) and whether the whole call is
+captured as a CUDA graph (at most one `Runtime`; none: eager, no graph). Applying a plan to a diagram gives its
 kernels: each a `Subdiagram` with a `KernelConfig` (None: the library's own choice, as in eager
 PyTorch). The eager plan (no decisions) is one kernel per compute op, free ops folded away.
 The autotuner searches plans; the cost model prices them; both share these values.
@@ -86,7 +88,26 @@ class Tile:
     config: KernelConfig
 
 
-Decision = Fuse | Tile
+RESTS = ("eager", "inductor")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How what the plan's kernels leave runs: `rest` "eager" (one ATen op after another) or
+    "inductor" (the whole graph compiled around the plan's kernels; the kernels inductor makes
+    are the plan's `Fuse` decisions too, so they are priced: `rules.inductor_groups`), and
+    `cuda_graph`: the call captured once and replayed, no host launch per kernel."""
+
+    rest: str = "eager"
+    cuda_graph: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rest not in RESTS or not isinstance(self.cuda_graph, bool):
+            raise ValueError(f"runtime: rest must be one of {', '.join(RESTS)} and cuda_graph true "
+                             f"or false; got {self.rest!r}, {self.cuda_graph!r}")
+
+
+Decision = Fuse | Tile | Runtime
 
 
 @dataclass(frozen=True)
@@ -152,8 +173,21 @@ class Plan:
 
     decisions: tuple[Decision, ...] = ()
 
+    @property
+    def runtime(self) -> Runtime:
+        found = [d for d in self.decisions if isinstance(d, Runtime)]
+        if len(found) > 1:
+            raise ValueError(f"a plan has at most one runtime decision; got {len(found)}")
+        return found[0] if found else Runtime()
+
+    def launches(self, kernels: int) -> int:
+        """Kernel launches the host makes to run `kernels` kernels: none per kernel when the
+        call replays a CUDA graph (the composition's per-launch cost is host time)."""
+        return 0 if self.runtime.cuda_graph else kernels
+
     def kernels(self, diagram: Diagram) -> tuple[Kernel, ...]:
         """The plan applied to `diagram`, in the diagram's order. Raises ValueError if illegal."""
+        self.runtime  # at most one
         group_of: dict[str, tuple[str, ...]] = {}
         for d in self.decisions:
             if isinstance(d, Fuse):
@@ -187,8 +221,10 @@ class Plan:
         for d in self.decisions:
             if isinstance(d, Fuse):
                 out.append({"fuse": list(d.vertices)})
-            else:
+            elif isinstance(d, Tile):
                 out.append({"tile": d.vertex, "config": d.config.to_dict()})
+            else:
+                out.append({"runtime": {"rest": d.rest, "cuda_graph": d.cuda_graph}})
         return out
 
     @classmethod
@@ -208,9 +244,17 @@ class Plan:
                     raise ValueError(f"decision {item!r}: 'tile' must name a vertex and "
                                      "'config' hold its kernel config")
                 decisions.append(Tile(item["tile"], KernelConfig.from_dict(item["config"])))
+            elif isinstance(item, dict) and "runtime" in item:
+                fields = item["runtime"]
+                if not isinstance(fields, dict) or set(fields) - {"rest", "cuda_graph"}:
+                    raise ValueError(f"decision {item!r}: 'runtime' holds 'rest' and 'cuda_graph'")
+                decisions.append(Runtime(**fields))
             else:
-                raise ValueError(f"unknown decision {item!r}: expected a 'fuse' or 'tile' entry")
-        return cls(tuple(decisions))
+                raise ValueError(f"unknown decision {item!r}: expected a 'fuse', 'tile' or "
+                                 "'runtime' entry")
+        plan = cls(tuple(decisions))
+        plan.runtime  # at most one
+        return plan
 
 
 def load_plan_file(path: str | Path) -> tuple[Plan, dict]:

@@ -4,7 +4,8 @@ measurement and by the kernels themselves. One home for each rule:
 - dtypes: the compute dtypes, their element sizes, the bytes of a tensor dtype;
 - fusion candidates: which groups of vertices one kernel may run (a matmul and its pointwise
   epilogue, residual add + layer norm, connected pointwise ops), and which merged groups are
-  legal (at most one anchor, no layer norm in a matmul's epilogue);
+  legal (at most one anchor, no layer norm in a matmul's epilogue); the kernels inductor makes
+  of what a plan leaves it (`inductor_groups`);
 - kernel legality: the tile grid the space offers and the limits a tile must fit on a target
   (shared memory of all pipeline stages, threads per block, fp32 accumulators per thread);
 - masks: which masks leave whole blocks to skip, and how many blocks a mask-aware kernel
@@ -202,6 +203,42 @@ def merge_problem(kinds: Iterable[str]) -> str:
     return ""
 
 
+REDUCTION_KINDS = ("layer_norm", "softmax", "reduction")  # ops that reduce along a dimension
+
+
+def inductor_groups(diagram: Diagram, taken: Iterable[str] = ()) -> list[tuple[str, ...]]:
+    """The kernels inductor makes of the compute vertices a plan leaves it (not in `taken`),
+    as groups of two or more (a vertex alone stays its own kernel). The model of inductor:
+    matmuls, convolutions and attention stay library calls (`ANCHOR_KINDS`, inductor's extern
+    kernels at its default settings); every other op joins the kernel of an op it reads when
+    that kernel holds at most one reduction with it (inductor fuses pointwise prologues and
+    epilogues into one reduction) and no path leaves the kernel and comes back (cheaply
+    proven: every other op it reads comes before the kernel's first op in diagram order)."""
+    taken = set(taken)
+    order = {v.name: i for i, v in enumerate(diagram.vertices)}
+    group_of: dict[str, int] = {}
+    groups: list[list[str]] = []
+    for v in diagram.vertices:
+        if v.is_free or v.name in taken or v.kind in ANCHOR_KINDS:
+            continue
+        producers = [p for p in dict.fromkeys(compute_producer(diagram, i) for i in v.inputs) if p]
+        joined = None
+        for g in sorted({group_of[p] for p in producers if p in group_of}, key=lambda g: -order[groups[g][-1]]):
+            first = order[groups[g][0]]
+            reductions = sum(diagram.vertex[n].kind in REDUCTION_KINDS for n in groups[g])
+            if reductions + (v.kind in REDUCTION_KINDS) > 1:
+                continue
+            if all(group_of.get(p) == g or order[p] < first for p in producers):
+                joined = g
+                break
+        if joined is None:
+            joined = len(groups)
+            groups.append([])
+        groups[joined].append(v.name)
+        group_of[v.name] = joined
+    return [tuple(g) for g in groups if len(g) > 1]
+
+
 # ---------------------------------------------------------------------------------------------
 # Kernel legality: the tile grid and what a target can launch
 
@@ -303,6 +340,7 @@ def legal_attention(hw: Device, dtype: str, head_dim: int, skip: bool
 # Masks
 
 SKIPPABLE_MASKS = ("causal", "scgpt")  # masks with whole blocks of zeros a kernel can skip
+FLASH_MASKS = ("none", "causal", "padding", "scgpt")  # masks the flash kernel applies itself
 
 
 def scgpt_context(sq: int, sk: int, density: float) -> int:

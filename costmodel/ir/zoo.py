@@ -51,11 +51,15 @@ class ScGPTConfig:
     n_heads: int = 8
     n_layers: int = 12
     d_ff: int = 512  # scGPT's feed-forward width equals d_model
-    n_query: int | None = None  # unknown genes to predict; None: a quarter of the sequence
+    query_fraction: float = 0.25  # of the positions, genes to predict (scGPT trains with 0.25, 0.5, 0.75)
+    n_query: int | None = None  # query genes outright; None: query_fraction of the sequence
     # Variants the released scGPT does not use (architecture what-ifs price them):
     head_dim: int | None = None  # None: d_model // n_heads
     n_kv_heads: int | None = None  # key/value heads (grouped-query attention); None: n_heads
     mask: str = "scgpt"  # "scgpt", "causal" or "none" (every gene attends to every gene)
+
+    def queries(self, seq: int) -> int:
+        return self.n_query if self.n_query is not None else int(seq * self.query_fraction)
 
 
 class _ScGPTLayer(nn.Module):
@@ -98,9 +102,14 @@ class _ScGPTLayer(nn.Module):
 
 
 class ScGPT(nn.Module):
-    """scGPT-style model: gene-id and expression-value embeddings, a cell token at position 0, a
-    transformer whose mask lets the cell token and known genes attend to each other and each
-    query gene attend to the known genes and itself, and a per-gene expression decoder."""
+    """scGPT's generative model (scGPT's `TransformerGenerator`): position 0 is the cell token,
+    then the known genes, then the query genes whose expression it predicts. Known genes embed
+    as gene + expression value (scGPT's continuous value encoder), query genes as gene + a
+    known/unknown flag (they have no value). The mask lets the cell token and the known genes
+    attend to each other and each query gene attend to them and itself. Two heads read the
+    output: the expression decoder (three linear layers) per gene, and MVC (masked value
+    prediction from the cell embedding: each gene's query vector against the cell token's
+    output)."""
 
     def __init__(self, cfg: ScGPTConfig) -> None:
         super().__init__()
@@ -110,26 +119,35 @@ class ScGPT(nn.Module):
         self.value1 = nn.Linear(1, cfg.d_model)
         self.value2 = nn.Linear(cfg.d_model, cfg.d_model)
         self.value_norm = nn.LayerNorm(cfg.d_model)
+        self.flag = nn.Embedding(2, cfg.d_model)  # 0 known, 1 unknown: only queries read it
         self.layers = nn.ModuleList(_ScGPTLayer(cfg) for _ in range(cfg.n_layers))
         self.dec1 = nn.Linear(cfg.d_model, cfg.d_model)
-        self.dec2 = nn.Linear(cfg.d_model, 1)
+        self.dec2 = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dec3 = nn.Linear(cfg.d_model, 1)
+        self.gene2query = nn.Linear(cfg.d_model, cfg.d_model)
+        self.mvc = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def n_query(self, seq: int) -> int:
-        return self.cfg.n_query if self.cfg.n_query is not None else seq // 4
-
-    def forward(self, genes: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        _, T = genes.shape  # position 0 is the cell token, then known genes, then query genes
-        x = self.gene_norm(self.gene(genes))
-        x = x + self.value_norm(self.value2(F.relu(self.value1(values.unsqueeze(-1)))))
+    def forward(self, genes: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T = genes.shape
+        context = T - self.cfg.queries(T)  # the cell token and the known genes
+        genes_emb = self.gene_norm(self.gene(genes))  # (B, T, d)
+        known = values[:, :context].unsqueeze(-1)
+        known = genes_emb[:, :context] + self.value_norm(self.value2(F.relu(self.value1(known))))
+        unknown = torch.ones(B, T - context, dtype=torch.long, device=genes.device)
+        query = genes_emb[:, context:] + self.flag(unknown)
+        x = torch.cat([known, query], dim=1)
         idx = torch.arange(T, device=genes.device)
         if self.cfg.mask == "scgpt":
-            context = T - self.n_query(T)  # the cell token and the known genes
             mask = (idx[None, :] < context) | (idx[:, None] == idx[None, :])  # (T, T), True = attend
         else:
             mask = None if self.cfg.mask == "none" else idx[None, :] <= idx[:, None]
         for layer in self.layers:
             x = layer(x, mask)
-        return self.dec2(F.leaky_relu(self.dec1(x))).squeeze(-1)  # (B, T) predicted expression
+        expression = self.dec3(F.leaky_relu(self.dec2(F.leaky_relu(self.dec1(x))))).squeeze(-1)
+        cell = x[:, 0, :].unsqueeze(2)  # (B, d, 1)
+        gene_query = torch.sigmoid(self.gene2query(genes_emb))
+        mvc = torch.bmm(self.mvc(gene_query), cell).squeeze(2)  # (B, T)
+        return expression, mvc
 
 
 ATTENTION = ("sdpa", "eager")
@@ -221,9 +239,10 @@ def build(model: str, batch: int = 1, seq: int = 128, dtype: str = "fp32", *,
         unknown = set(overrides or {}) - fields
         if unknown:
             raise unknown_choice("scgpt config field", min(unknown), fields)
-        check_config({k: v for k, v in (overrides or {}).items() if v is not None}, "scgpt")
-        return _scgpt(dataclasses.replace(config, **(overrides or {})), batch, seq, dtype, patch,
-                      attention, device, seed)
+        name = "scgpt" if model == "scgpt" else Path(model).stem
+        config = dataclasses.replace(config, **(overrides or {}))
+        check_config({k: v for k, v in dataclasses.asdict(config).items() if v is not None}, name)
+        return _scgpt(config, name, batch, seq, dtype, patch, attention, device, seed)
     name = model if model in HF_ZOO else Path(model).stem
     check_config({**config, **(overrides or {})}, name)
     return _huggingface({**config, **(overrides or {})}, name, batch, seq, dtype, patch,
@@ -251,12 +270,15 @@ def _tokens(high: int, shape: tuple[int, ...], gen: torch.Generator | None) -> t
     return torch.randint(0, high, shape, generator=gen)
 
 
-def _scgpt(cfg: ScGPTConfig, batch: int, seq: int, dtype: str, patch, attention: str,
+def _scgpt(cfg: ScGPTConfig, name: str, batch: int, seq: int, dtype: str, patch, attention: str,
            device: torch.device, seed: int) -> Built:
     if seq > cfg.n_genes + 1:
         raise UserError(f"scgpt takes at most {cfg.n_genes + 1} positions (the cell token and each "
                         f"of its {cfg.n_genes} genes once); got seq {seq}")
-    n_query = cfg.n_query if cfg.n_query is not None else seq // 4
+    if isinstance(cfg.query_fraction, bool) or not isinstance(cfg.query_fraction, (int, float)) \
+            or not 0 < cfg.query_fraction < 1:
+        raise UserError(f"scgpt's query_fraction must be between 0 and 1; got {cfg.query_fraction}")
+    n_query = cfg.queries(seq)
     if not 0 < n_query < seq - 1:
         raise UserError(f"scgpt needs 1 to {seq - 2} query genes at seq {seq}; got {n_query}")
     if cfg.mask not in ("scgpt", "causal", "none"):
@@ -274,7 +296,7 @@ def _scgpt(cfg: ScGPTConfig, batch: int, seq: int, dtype: str, patch, attention:
             torch.randn(batch, seq, generator=gen).to(torch_dtype)
         if patch is not None:
             patch(module)
-    return Built(module, (genes, values), {}, "scgpt",
+    return Built(module, (genes, values), {}, name,
                  {"batch": batch, "seq": seq, "source": "zoo", "known_genes": seq - 1 - n_query,
                   "query_genes": n_query, "attention": attention})
 
@@ -365,7 +387,14 @@ def model_config(model: str) -> ScGPTConfig | dict:
     if model in HF_ZOO:
         return dict(HF_ZOO[model])
     if model.endswith(".json") or os.sep in model or Path(model).exists():
-        return load_hf_config(model)
+        config = load_hf_config(model)
+        if config.get("model_type") != "scgpt":
+            return config
+        fields = {f.name for f in dataclasses.fields(ScGPTConfig)}
+        given = {k: v for k, v in config.items() if k != "model_type"}
+        if set(given) - fields:
+            raise unknown_choice(f"{Path(model).name}: scgpt config field", min(set(given) - fields), fields)
+        return dataclasses.replace(ScGPTConfig(), **given)
     raise UserError(f"unknown model {model!r}; valid choices: {', '.join(ZOO_NAMES)}, "
                     "or a path to a Hugging Face config.json")
 

@@ -343,4 +343,17 @@ def bmm(a: torch.Tensor, b: torch.Tensor, *, config: KernelConfig, tf32: bool = 
     return matmul(a, b, config=config, tf32=tf32, epilogue=epilogue, operands=operands)
 
 
-OPS = {"linear": linear, "addmm": addmm, "mm": mm, "bmm": bmm}
+def matmul_nd(a: torch.Tensor, b: torch.Tensor, *, config: KernelConfig, tf32: bool = False,
+              epilogue: Sequence[Step] = (), operands: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """aten.matmul of 2- to 4-dimensional operands (eager attention's Q K^T and P V): leading
+    dimensions broadcast and flatten into the batch."""
+    lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a3 = a.expand(*lead, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
+    b3 = b.expand(*lead, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
+    shape = (*lead, a.shape[-2], b.shape[-1])
+    flat = [torch.broadcast_to(t, shape).reshape(a3.shape[0], a.shape[-2], b.shape[-1]) for t in operands]
+    out = matmul(a3, b3, config=config, tf32=tf32, epilogue=epilogue, operands=flat)
+    return out.reshape(shape)
+
+
+OPS = {"linear": linear, "addmm": addmm, "mm": mm, "bmm": bmm, "matmul": matmul_nd}

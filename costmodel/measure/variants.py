@@ -35,7 +35,7 @@ from costmodel.ir.diagram import Diagram, Subdiagram, Vertex
 from costmodel.ir.plan import KernelConfig, check_fusable
 from costmodel.measure.slicing import Program, Workload
 
-TRITON_OPS = ("linear", "addmm", "mm", "bmm")  # ATen ops the Triton matmul runs
+TRITON_OPS = ("linear", "addmm", "mm", "bmm", "matmul")  # ATen ops the Triton matmul runs
 SDPA_BACKENDS = ("flash", "efficient", "math")
 
 

@@ -78,21 +78,18 @@ class Scores:
 METHODS = ("gnn", "gbdt", "hybrid", "roofline")  # hybrid: the GNN's and the GBDT's mean ln(ms)
 
 
-def gbdt_config(cfg: GNNConfig) -> GBDTConfig:
-    """The GBDT baseline of a run: the GNN's seed, hardware inputs and weights."""
-    return GBDTConfig(seed=cfg.seed, hardware=cfg.hardware, weight=cfg.weight)
-
-
 def fit_methods(graphs: Sequence[Data], cfg: GNNConfig, methods: Sequence[str] = METHODS, *,
+                gbdt: GBDTConfig | None = None,
                 progress: bool = False) -> dict[str, Callable[[Sequence[Data]], np.ndarray]]:
-    """Each method trained on `graphs` (the roofline trains on nothing), as ln(ms) per graph."""
+    """Each method trained on `graphs` (the roofline trains on nothing), as ln(ms) per graph: the
+    GNN by `cfg`, the GBDT by `gbdt` (default: its own defaults, with `cfg`'s seed)."""
     out: dict[str, Callable[[Sequence[Data]], np.ndarray]] = {}
     if "gnn" in methods:
         gnn = train(graphs, cfg, progress=progress)
         out["gnn"] = lambda gs: gnn.predict_ln(gs)[0]
     if "gbdt" in methods:
-        gbdt = GBDTCostModel.fit(graphs, gbdt_config(cfg))
-        out["gbdt"] = lambda gs: gbdt.predict_ln(gs)[0]
+        trees = GBDTCostModel.fit(graphs, gbdt or GBDTConfig(seed=cfg.seed))
+        out["gbdt"] = lambda gs: trees.predict_ln(gs)[0]
     if "hybrid" in methods:
         if "gnn" not in out or "gbdt" not in out:
             raise ValueError("the hybrid is the GNN's and the GBDT's mean: score both with it")
@@ -108,10 +105,11 @@ def fit_methods(graphs: Sequence[Data], cfg: GNNConfig, methods: Sequence[str] =
 
 def score_fold(train_graphs: Sequence[Data], test_graphs: Sequence[Data],
                train_w: Sequence[Workload], test_w: Sequence[Workload], *,
-               cfg: GNNConfig, methods: Sequence[str] = METHODS, progress: bool = False) -> Scores:
+               cfg: GNNConfig, gbdt: GBDTConfig | None = None, methods: Sequence[str] = METHODS,
+               progress: bool = False) -> Scores:
     """Train the learned methods on one side, score them and the roofline on the other."""
     true = np.exp([float(g.y[0]) for g in test_graphs])
-    fns = fit_methods(train_graphs, cfg, methods, progress=progress)
+    fns = fit_methods(train_graphs, cfg, methods, gbdt=gbdt, progress=progress)
     return Scores({k: mape(np.exp(f(test_graphs)), true) for k, f in fns.items()}, len(test_graphs),
                   {k: model_mape(f, train_w, test_w) for k, f in fns.items()}, len(test_w))
 
@@ -124,7 +122,7 @@ def by_hardware(graphs: Sequence[Data]) -> dict[str, list[int]]:
 
 
 def leave_one_gpu_out(graphs: Sequence[Data], workloads: Sequence[Workload], *, cfg: GNNConfig,
-                      gpus: Sequence[str] | None = None, methods: Sequence[str] = METHODS,
+                      gbdt: GBDTConfig | None = None, gpus: Sequence[str] | None = None, methods: Sequence[str] = METHODS,
                       progress: bool = True) -> dict[str, Scores]:
     """Per GPU (default: every GPU with whole-model measurements): train on every other
     machine's kernels (and fit the whole-model composition on every other GPU's models), score
@@ -141,13 +139,13 @@ def leave_one_gpu_out(graphs: Sequence[Data], workloads: Sequence[Workload], *, 
         train_set = [g for i, g in enumerate(graphs) if i not in held]
         test_set = [graphs[i] for i in sorted(held)]
         out[gpu] = score_fold(train_set, test_set, [w for w in workloads if w.hardware != gpu],
-                              [w for w in workloads if w.hardware == gpu], cfg=cfg, methods=methods,
-                              progress=progress)
+                              [w for w in workloads if w.hardware == gpu], cfg=cfg, gbdt=gbdt,
+                              methods=methods, progress=progress)
     return out
 
 
 def leave_one_model_out(graphs: Sequence[Data], workloads: Sequence[Workload], *, cfg: GNNConfig,
-                        methods: Sequence[str] = METHODS, progress: bool = True) -> dict[str, Scores]:
+                        gbdt: GBDTConfig | None = None, methods: Sequence[str] = METHODS, progress: bool = True) -> dict[str, Scores]:
     """Per model family: train without any kernel measured in that family's graphs (kernel
     micro-benchmarks stay: they belong to no model) and fit the composition on the other
     families; score the family's whole models on every GPU, and its kernels."""
@@ -158,7 +156,7 @@ def leave_one_model_out(graphs: Sequence[Data], workloads: Sequence[Workload], *
         test_set = [g for g in graphs if g.diagram_hash in held]
         out[family] = score_fold(train_set, test_set, [w for w in workloads if w.family != family],
                                  [w for w in workloads if w.family == family], cfg=cfg,
-                                 methods=methods, progress=progress)
+                                 gbdt=gbdt, methods=methods, progress=progress)
     return out
 
 
@@ -362,14 +360,14 @@ def score_ranking(groups: Sequence[RankGroup],
 
 
 def ranking(graphs: Sequence[Data], groups: Sequence[RankGroup], *, cfg: GNNConfig,
-            methods: Sequence[str] = METHODS, progress: bool = True) -> dict[str, RankScores]:
+            gbdt: GBDTConfig | None = None, methods: Sequence[str] = METHODS, progress: bool = True) -> dict[str, RankScores]:
     """Hold out half of each family's groups (`split_groups`); train the GNN and the GBDT on
     every kernel measurement except the held-out groups' (their kernels and, for a fusion group,
     its ops' eager kernels, on that machine); score the held-out groups' orders."""
     _, held = split_groups(groups, cfg.seed)
     excluded = {(h, g.hardware) for g in held for h in g.exclude}
     train_set = [g for g in graphs if (g.kernel_hash, g.hardware) not in excluded]
-    return score_ranking(held, fit_methods(train_set, cfg, methods, progress=progress))
+    return score_ranking(held, fit_methods(train_set, cfg, methods, gbdt=gbdt, progress=progress))
 
 
 def format_ranking_table(title: str, rows: dict[str, RankScores]) -> str:

@@ -30,8 +30,13 @@ class GBDTConfig:
 
     max_iter: int = 300  # boosting rounds (fewer when early stopping ends them)
     learning_rate: float = 0.1
-    hardware: str = "all"  # the descriptors it sees (features.HARDWARE)
-    weight: str = "none"  # sample weights (features.sample_weights)
+    # The descriptors it sees (features.HARDWARE) and its sample weights (features.sample_weights).
+    # "none" and "time": it learns the roofline's error from the kernel and the roofline terms (the
+    # hardware's peaks reach it only through them), big kernels counting more. Chosen by leave one
+    # GPU out (README, "Unseen hardware"): whole-model MAPE over the five GPUs' folds, seed 0,
+    # 12.2% mean against 12.9% for none/none, 12.4% for physical/time and 16.3% for all/none.
+    hardware: str = "none"
+    weight: str = "time"
     seed: int = 0
 
 

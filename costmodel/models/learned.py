@@ -56,7 +56,7 @@ class GraphCostModel(CostModel):
         kernels = (plan or Plan()).kernels(diagram)
         mean, std = self.predict_ln([features.to_data(k.subdiagram, hw, k.config) for k in kernels])
         ms = np.exp(mean)
-        total = self.plan_total(float(ms.sum()), len(ms))
+        total = self.plan_total(float(ms.sum()), (plan or Plan()).launches(len(ms)))
         return PlanCost(hw.name, self.name, tuple(
             KernelCost(k.subdiagram, k.config, float(t), float(s)) for k, t, s in zip(kernels, ms, std)),
             total - float(ms.sum()), self.warnings(hw))

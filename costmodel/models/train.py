@@ -116,8 +116,10 @@ def fit_composition(model: GraphCostModel, data: str | Path) -> Composition:
 
 
 def train_checkpoint(kind: str, data: Path, cfg: GNNConfig | GBDTConfig, out: Path, *,
-                     make_default: bool = False, progress: bool = True) -> tuple[GraphCostModel, Path, float]:
-    """Train a `kind` ("gnn", "gbdt" or "hybrid") model on the release at `data`, fit its composition,
+                     gbdt: GBDTConfig | None = None, make_default: bool = False,
+                     progress: bool = True) -> tuple[GraphCostModel, Path, float]:
+    """Train a `kind` ("gnn", "gbdt" or "hybrid": the GNN by `cfg`, the GBDT by `gbdt`, default
+    its own defaults with `cfg`'s seed) model on the release at `data`, fit its composition,
     save it in `out` (named by its config and the data) and, with `make_default`, make it the
     one that kind loads. Returns the model, its path and the seconds training took."""
     from costmodel.models.registry import set_default
@@ -131,14 +133,13 @@ def train_checkpoint(kind: str, data: Path, cfg: GNNConfig | GBDTConfig, out: Pa
         model: GraphCostModel = train(graphs, cfg, progress=progress, trained_on=trained_on)
     elif kind == "gbdt":
         model = GBDTCostModel.fit(graphs, cfg, trained_on=trained_on)
-    else:  # the hybrid: both, with the GNN's config and a GBDT seeing what it sees
-        from costmodel.models.evaluate import gbdt_config
+    else:  # the hybrid: both
         from costmodel.models.hybrid import HybridCostModel
 
         gnn = train(graphs, cfg, progress=progress, trained_on=trained_on)
-        gbdt = GBDTCostModel.fit(graphs, gbdt_config(cfg), trained_on=trained_on)
-        gnn.composition, gbdt.composition = fit_composition(gnn, data), fit_composition(gbdt, data)
-        model = HybridCostModel(gnn, gbdt)
+        trees = GBDTCostModel.fit(graphs, gbdt or GBDTConfig(seed=cfg.seed), trained_on=trained_on)
+        gnn.composition, trees.composition = fit_composition(gnn, data), fit_composition(trees, data)
+        model = HybridCostModel(gnn, trees)
     model.composition = fit_composition(model, data)
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)

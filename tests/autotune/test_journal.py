@@ -1,7 +1,6 @@
 """A study outlives the process that runs it: a torn journal is repaired, trials a killed run
 left running are failed on resume, two runs never write one journal, and a study is keyed by
 the weights that priced it."""
-import json
 import subprocess
 import sys
 

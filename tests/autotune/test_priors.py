@@ -53,7 +53,8 @@ def assert_prior_contract(prior: Prior, space: Space, n: int) -> list[dict]:
     for a in out:
         space.plan_from(a)
         assert all(value in space.param[name].choices for name, value in a.items())
-        assert not any(isinstance(v, str) for v in a.values())  # values, not labels
+        # values, not labels (a runtime's rest is the one choice whose value is its label)
+        assert not any(isinstance(v, str) for k, v in a.items() if space.param[k].kind != "rest")
     for key in ("asked", "returned", "valid", "invalid", "duplicate", "reasons"):
         assert key in stats
     assert stats["asked"] - before["asked"] == n

@@ -73,9 +73,44 @@ def test_suggestions_run_first_and_time_budget_stops(capture):
     suggestion = {at.name: at.choices[-1]}
     r = search(space, Roofline(), trials=5, progress=False, suggestions=[suggestion])
     priced = Roofline().predict_plan(space.diagram, space.target, space.plan_from(suggestion))
-    assert r.history[1] == pytest.approx(priced.total_ms)  # right after the eager start
+    starts = 1 + len(space.compile_points)  # eager, then whole-model torch.compile
+    assert r.history[starts] == pytest.approx(priced.total_ms)  # right after
+    compiled = Roofline().predict_plan(space.diagram, space.target, space.plan_from(space.compile_points[0]))
+    assert r.history[1] == pytest.approx(compiled.total_ms) == pytest.approx(r.compiled.total_ms)
     timed = search(space, Roofline(), trials=10**6, progress=False, time_budget=0.5)
     assert 3 <= timed.trials < 10**6
+
+
+def test_torch_compile_is_a_point_of_the_space_and_never_beaten_by_the_pick(capture):
+    """The rest of the graph by inductor and a CUDA graph are decisions: whole-model compile is
+    enqueued, inductor's kernels are priced as fusion groups, replay drops the launch cost, and
+    the plan picked is never predicted slower than compile."""
+    from costmodel.ir import rules
+    from costmodel.ir.plan import Runtime
+
+    space = Space(capture("gpt2", 1, 64), load_profile("a100"))
+    assert space.param["rt.rest"].choices == ("eager", "inductor")
+    assert space.param["rt.cuda_graph"].choices == (False, True)
+    assert "rt.cuda_graph" not in Space(capture("gpt2", 1, 64), load_profile("cpu")).param
+    compiled = space.plan_from({"rt.rest": "inductor"})
+    assert compiled.runtime == Runtime("inductor")
+    groups = rules.inductor_groups(space.diagram)
+    assert {d.vertices for d in compiled.decisions if hasattr(d, "vertices")} == set(groups)
+    assert len(compiled.kernels(space.diagram)) < len(Plan().kernels(space.diagram))
+    replayed = space.plan_from({"rt.rest": "inductor", "rt.cuda_graph": True})
+    assert replayed.launches(100) == 0 and compiled.launches(100) == 100
+
+    class Launching(Roofline):  # a host cost per launch, as a learned composition has
+        def plan_total(self, kernels_ms, launches):
+            return kernels_ms + 0.01 * launches
+
+    launching = Evaluator(space, Launching())
+    assert launching.total_ms(replayed) == pytest.approx(launching.total_ms(compiled) - 0.01 * len(
+        compiled.kernels(space.diagram)))
+    r = search(space, Roofline(), trials=20, seed=0, progress=False)
+    assert r.best.total_ms <= r.compiled.total_ms + 1e-9 and r.best.total_ms <= r.baseline.total_ms
+    with pytest.raises(ValueError, match="runs no CUDA graphs"):
+        Space(space.diagram, load_profile("cpu")).check(replayed)
 
 
 def _tiny_gpt2(folder):

@@ -69,7 +69,9 @@ def test_params_cover_three_kinds_of_rewrite(capture):
     assert any(n.startswith("ln") for n in names)  # residual add + layer norm
     assert any(n.startswith("ew") for n in names)  # GPT-2's tanh GELU: a chain of pointwise ops
     cpu = Space(d, load_profile("cpu")).params
-    assert all(p.level == "mid" and p.name.endswith(".fuse") for p in cpu)  # no kernel configs
+    # no kernel configs: fusions, and the graph level's eager-or-inductor rest (no CUDA graph)
+    assert all((p.level == "mid" and p.name.endswith(".fuse")) or p.name == "rt.rest" for p in cpu)
+    assert "rt.rest" in [p.name for p in cpu] and "rt.cuda_graph" in names
     for p in Space(d, load_profile("a100")).params:
         assert len(set(p.choices)) == len(p.choices) >= 2 and p.sites >= 1 and p.about
 

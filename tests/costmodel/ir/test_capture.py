@@ -84,6 +84,34 @@ def test_scgpt_mask_pattern_survives_capture():
     assert d.info("known_genes") == 32 - 1 - 8 and d.info("query_genes") == 8
 
 
+def test_scgpt_is_built_as_scgpt_runs(tmp_path):
+    """Known genes embed with their values, query genes with the unknown flag (no value encoder
+    on them), three decoder layers and the MVC head read the output; the query fraction is a
+    config value (a config.json with model_type scgpt), and the mask's empty blocks follow it:
+    at 1200 genes with 75% queries, 70% of the 64 x 64 blocks are empty."""
+    from costmodel.ir import rules
+
+    path = tmp_path / "scgpt-75.json"
+    path.write_text(json.dumps({"model_type": "scgpt", "n_layers": 1, "query_fraction": 0.75}))
+    d = capture_model(str(path), 1, 1200)
+    assert d.name == "scgpt-75" and d.info("query_genes") == 900 and d.info("known_genes") == 299
+    matmuls = [v for v in d.vertices if v.kind == "matmul"]
+    value1 = next(v for v in matmuls if v.input_shapes[0][-1] == 1)  # the value encoder's first layer
+    assert value1.output_shapes[0][-2] == 300  # known positions only
+    decoder = [v for v in matmuls if v.module.startswith("dec")]
+    assert [v.output_shapes[0][-1] for v in decoder] == [512, 512, 1]
+    assert any(v.module == "mvc" for v in matmuls) and any(v.module == "gene2query" for v in matmuls)
+    assert any(v.kind == "embedding" and v.module == "flag" for v in d.vertices)
+    attn = next(v for v in d.vertices if v.kind == "attention")
+    assert 1 - rules.mask_block_fraction(attn, 64, 64) == pytest.approx(0.70, abs=0.01)
+    path.write_text(json.dumps({"model_type": "scgpt", "query_fraction": 1.5}))
+    with pytest.raises(UserError, match="query_fraction must be between 0 and 1"):
+        capture_model(str(path), 1, 64)
+    path.write_text(json.dumps({"model_type": "scgpt", "n_querys": 3}))
+    with pytest.raises(UserError, match="n_querys"):
+        capture_model(str(path), 1, 64)
+
+
 @pytest.mark.parametrize("name", ZOO_NAMES)
 def test_every_zoo_model_captures(capture, name):
     d = capture(name)

@@ -1,15 +1,9 @@
 """The Triton matmul against its PyTorch reference on small shapes, on the CPU through Triton's
 interpreter: every epilogue step, split-K, fp32 and fp16 (bf16 on a GPU only), and every tile
 the rewrite space offers."""
-import contextlib
-import importlib
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
-
-pytest.importorskip("triton", reason="Triton is not installed (pip install triton; see pyproject.toml)")
 
 from costmodel.hardware import load_profile
 from costmodel.ir import rules
@@ -17,55 +11,19 @@ from costmodel.ir.plan import KernelConfig
 from costmodel.measure import Program
 from costmodel.measure.cuda import CudaRunner
 from costmodel.measure.variants import TRITON_OPS
+from tests.costmodel.kernels.interpreter import DTYPES, close
 
 SMALL = KernelConfig(16, 32, 16, num_warps=4, num_stages=2)
 
 
-@contextlib.contextmanager
-def _defined(interpret: bool):
-    """costmodel.kernels.matmul defined with TRITON_INTERPRET set or not (Triton reads it when a kernel
-    is defined), then defined again as it was, so later tests see the module they expect."""
-    import costmodel.kernels.matmul as module
-
-    before = os.environ.pop("TRITON_INTERPRET", None)
-    if interpret:
-        os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        yield importlib.reload(module)
-    finally:
-        os.environ.pop("TRITON_INTERPRET", None)
-        if before is not None:
-            os.environ["TRITON_INTERPRET"] = before
-        importlib.reload(module)
+@pytest.fixture
+def kernels(interpreted):
+    return interpreted["matmul"]
 
 
 @pytest.fixture
-def kernels():
-    """The kernels under Triton's interpreter: they run on CPU tensors."""
-    with _defined(True) as module:
-        yield module
-
-
-@pytest.fixture
-def gpu_kernels():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU (the interpreter tests above cover the CPU)")
-    with _defined(False) as module:
-        yield module
-
-
-DTYPES = [
-    pytest.param(torch.float32, 1e-4, id="fp32"),
-    pytest.param(torch.float16, 2e-2, id="fp16"),
-    pytest.param(torch.bfloat16, 0, id="bf16", marks=pytest.mark.skip(
-        reason="Triton's interpreter multiplies bfloat16 operands of tl.dot as raw integers "
-               "(triton-lang/triton#11584); bf16 is checked on a GPU only")),
-]
-
-
-def close(out, ref, tol):
-    assert out.shape == ref.shape and out.dtype == ref.dtype
-    torch.testing.assert_close(out.float(), ref.float(), atol=tol * max(1.0, ref.abs().max().item()), rtol=tol)
+def gpu_kernels(compiled):
+    return compiled["matmul"]
 
 
 @pytest.mark.parametrize("dtype,tol", DTYPES)
