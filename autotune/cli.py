@@ -166,13 +166,8 @@ def _run(argv: Sequence[str]) -> int:
     if args.json:
         print(json.dumps(measured, indent=1))
         return 0
-    a = v.applied
     print(f"{diagram.name} batch {doc['batch']} seq {doc['seq']} {doc['dtype']} on {v.hardware}: "
-          f"{a.triton} kernels ours, {a.inductor} by inductor, rest {plan.runtime.rest}"
-          f"{', CUDA graph' if plan.runtime.cuda_graph else ''}; "
-          f"{a.tiles_applied} tiles applied, {a.tiles_ignored} not")
-    for reason in a.fallbacks:
-        print(f"  {reason}")
+          f"rest {plan.runtime.rest}{', CUDA graph' if plan.runtime.cuda_graph else ''}")
     print(f"  outputs match eager: max abs error {v.max_abs_error:.3g} (allowed {v.tolerance:.3g})")
     print(_measured_table(measured))
     return 0
@@ -373,8 +368,11 @@ def _whatif_table(rows: list[dict]) -> str:
 
 
 def _measured_table(m: dict) -> str:
-    b, p, c = m["baseline"], m["plan"], m["compiled_ms"]
-    lines = ["", f"  {'measured here':<16} {'predicted ms':>12} {'measured ms':>12}",
+    b, p, c, a = m["baseline"], m["plan"], m["compiled_ms"], m["applied"]
+    lines = ["", f"  applied: {a['triton_kernels']} kernels ours, {a['inductor_groups']} groups by "
+             f"inductor, {a['eager_decisions']} decisions eager; {a['tiles_applied']} tiles applied, "
+             f"{a['tiles_ignored']} not", *(f"    {reason}" for reason in a["fallbacks"]),
+             f"  {'measured here':<16} {'predicted ms':>12} {'measured ms':>12}",
              f"  {'eager':<16} {b['predicted_ms']:>12.3f} {b['measured_ms']:>12.3f}",
              f"  {'plan':<16} {p['predicted_ms']:>12.3f} {p['measured_ms']:>12.3f}",
              f"  {'torch.compile':<16} {'':>12} {c:>12.3f}" if c else

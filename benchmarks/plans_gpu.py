@@ -48,20 +48,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.utils._pytree as pytree  # noqa: E402
 
+from costmodel.ir.zoo import tiny_config  # noqa: E402
+from costmodel.models.registry import DEFAULT_COST_MODEL  # noqa: E402
+
 WAYS = ("eager", "sdpa", "flex", "compile", "max-autotune", "ours")
 SIZES = {"bert-base": ((8, 128), (8, 512)), "gpt2": ((8, 256), (8, 1024)),
          "scgpt": ((8, 512), (4, 1200))}
 FP32_SIZES = {"bert-base": ((8, 512),), "gpt2": ((8, 1024),)}  # NeuSight's workloads' sizes
 SCGPT_QUERIES = {1200: 0.75}  # query fraction by sequence (default scGPT's 0.25)
-TINY = {  # --dry-run: the same architectures, a few thousand parameters
-    "bert-base": {"architectures": ["BertForSequenceClassification"], "model_type": "bert",
-                  "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                  "intermediate_size": 128, "vocab_size": 100, "max_position_embeddings": 64},
-    "gpt2": {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 64, "n_layer": 1,
-             "n_head": 2, "vocab_size": 100, "n_positions": 64},
-    "scgpt": {"model_type": "scgpt", "n_genes": 100, "d_model": 64, "n_heads": 2, "n_layers": 1,
-              "d_ff": 64},
-}
 
 
 def _say(text: str) -> None:
@@ -71,7 +65,7 @@ def _say(text: str) -> None:
 def model_file(folder: Path, model: str, seq: int, dry: bool) -> str:
     """The model as `zoo.build` takes it: the zoo name, or a config.json (tiny for a dry run;
     scGPT with the query fraction of `SCGPT_QUERIES`)."""
-    config = dict(TINY[model]) if dry else ({"model_type": "scgpt"} if model == "scgpt" else None)
+    config = tiny_config(model) if dry else ({"model_type": "scgpt"} if model == "scgpt" else None)
     if model == "scgpt" and seq in SCGPT_QUERIES:
         config["query_fraction"] = SCGPT_QUERIES[seq]
     if config is None or config == {"model_type": "scgpt"}:
@@ -257,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default=None, help="BATCHxSEQ,... instead of each model's two")
     p.add_argument("--ways", default=",".join(WAYS))
     p.add_argument("--trials", type=int, default=300, help="our search's trials (default 300)")
-    p.add_argument("--cost-model", default="gnn", help="the cost model our search uses")
+    p.add_argument("--cost-model", default=DEFAULT_COST_MODEL, help="the cost model our search uses")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", default=None, help="write the table (markdown) and the rows (.json) here")

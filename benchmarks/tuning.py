@@ -24,6 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from costmodel.models.registry import DEFAULT_COST_MODEL  # noqa: E402
+
 METHODS = (("random", "random", "none"), ("tpe", "tpe", "none"), ("tpe+heuristic", "tpe", "heuristic"))
 
 
@@ -86,8 +90,8 @@ def main() -> None:
     parser.add_argument("--targets", default="a100,h100,cpu")
     parser.add_argument("--llm", default="smollm2", help="llm prior provider ('' to skip)")
     parser.add_argument("--no-measure", action="store_true", help="skip --measure on cpu")
-    parser.add_argument("--cost-model", default="gnn",
-                        help="gnn (the shipped checkpoint, default), roofline, or a checkpoint file")
+    parser.add_argument("--cost-model", default=DEFAULT_COST_MODEL,
+                        help=f"a name or a checkpoint file (default {DEFAULT_COST_MODEL})")
     args = parser.parse_args()
     methods = [m[0] for m in METHODS] + ([f"tpe+llm:{args.llm}"] if args.llm else [])
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "

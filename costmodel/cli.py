@@ -14,6 +14,7 @@ from pathlib import Path
 
 from costmodel.errors import UserError
 from costmodel.ir.rules import COMPUTE_DTYPES
+from costmodel.models.registry import DEFAULT_COST_MODEL
 
 ATTENTION = ("sdpa", "eager")  # costmodel.ir.zoo.ATTENTION, without importing torch here
 
@@ -53,9 +54,10 @@ def add_workload_args(p: argparse.ArgumentParser, *, model_default: str | None =
 
 
 def add_cost_model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cost-model", default="gnn",
-                   help="gnn (default: the shipped checkpoint), gbdt (the shipped boosted trees), "
-                        "hybrid (their geometric mean), roofline, or a saved model file")
+    p.add_argument("--cost-model", default=DEFAULT_COST_MODEL,
+                   help=f"gbdt (the shipped boosted trees), gnn (the shipped graph network), hybrid "
+                        f"(their geometric mean), roofline, or a saved model file (default "
+                        f"{DEFAULT_COST_MODEL}: the best on unseen GPUs)")
 
 
 def add_learning_args(p: argparse.ArgumentParser) -> None:
@@ -65,10 +67,11 @@ def add_learning_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs per ensemble member")
     p.add_argument("--members", type=positive_int, default=None, help="ensemble size")
     p.add_argument("--hardware", default=None, choices=("all", "physical", "ratios", "minimal", "none"),
-                   help="hardware descriptors the learned models see (default: GNNConfig's)")
+                   help="hardware descriptors the learned models see (default: each model's "
+                        "own, GNNConfig's and GBDTConfig's)")
     p.add_argument("--weight", default=None, choices=("none", "time"),
                    help="regression weights: none, or time (big kernels count more; default: "
-                        "GNNConfig's)")
+                        "each model's own)")
     add_guards_arg(p)
 
 
@@ -117,7 +120,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--out", default=None,
                    help="checkpoint folder (default costmodel/models/checkpoints)")
     p.add_argument("--make-default", action="store_true",
-                   help="make this checkpoint the one `--cost-model gnn` loads")
+                   help="make this checkpoint the one `--cost-model KIND` loads")
 
     p = sub.add_parser("eval", help="score the GNN and the baselines on held-out data")
     p.add_argument("--protocol", required=True,

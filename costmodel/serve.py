@@ -27,6 +27,7 @@ from costmodel.hardware import list_profiles, load_profile
 from costmodel.ir.diagram import Diagram
 from costmodel.ir.plan import Plan
 from costmodel.models import CostModel, load_cost_model
+from costmodel.models.registry import DEFAULT_COST_MODEL
 
 MAX_BODY = 64 * 2**20  # bytes; a posted bert-large diagram is about 1 MB
 
@@ -233,7 +234,7 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 256  # the listen backlog: bursts of connections wait instead of being reset
 
 
-def make_server(host: str = "127.0.0.1", port: int = 8080, *, cost_model: CostModel | str = "gnn",
+def make_server(host: str = "127.0.0.1", port: int = 8080, *, cost_model: CostModel | str = DEFAULT_COST_MODEL,
                 configs: str | Path | None = None) -> Server:
     """A server bound to (host, port); port 0 picks a free one (`server.server_address`).
     `configs`: a folder of Hugging Face config.json files requests may name (default none: the

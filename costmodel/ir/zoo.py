@@ -40,6 +40,23 @@ HF_ZOO: dict[str, dict] = {
                  "word_embed_proj_dim": 2048, "do_layer_norm_before": True},
 }
 ZOO_NAMES = (*HF_ZOO, "scgpt")
+# The zoo's architectures at a few thousand parameters, as config.json contents: what tests and
+# dry runs execute (through Triton's interpreter, on a CPU) in seconds. `tiny_config` sets depth.
+TINY = {
+    "bert-base": {"architectures": ["BertForSequenceClassification"], "model_type": "bert",
+                  "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                  "intermediate_size": 128, "vocab_size": 100, "max_position_embeddings": 64},
+    "gpt2": {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 64, "n_layer": 1,
+             "n_head": 2, "vocab_size": 100, "n_positions": 64},
+    "scgpt": {"model_type": "scgpt", "n_genes": 100, "d_model": 64, "n_heads": 2, "n_layers": 1,
+              "d_ff": 64},
+}
+_LAYERS = {"bert-base": "num_hidden_layers", "gpt2": "n_layer", "scgpt": "n_layers"}
+
+
+def tiny_config(name: str, layers: int = 1, **fields) -> dict:
+    """`TINY[name]` with `layers` layers and `fields` set."""
+    return {**TINY[name], _LAYERS[name]: layers, **fields}
 
 
 @dataclass(frozen=True)

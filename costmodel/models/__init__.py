@@ -4,11 +4,11 @@
     roofline   the analytical baseline
     features   a kernel as a PyG graph; learned   what learned models share
     gnn, gbdt  the learned models; train, examples, evaluate: how they learn and are scored
-    registry   load_cost_model("gnn" | "gbdt" | "roofline" | PATH)
+    registry   load_cost_model("gbdt" (DEFAULT_COST_MODEL) | "gnn" | "hybrid" | "roofline" | PATH)
 """
 from costmodel.models.base import Composition, CostModel, KernelCost, PlanCost
-from costmodel.models.registry import COST_MODELS, default_checkpoint, load_cost_model
+from costmodel.models.registry import COST_MODELS, DEFAULT_COST_MODEL, default_checkpoint, load_cost_model
 from costmodel.models.roofline import Roofline
 
-__all__ = ["COST_MODELS", "Composition", "CostModel", "KernelCost", "PlanCost", "Roofline",
+__all__ = ["COST_MODELS", "DEFAULT_COST_MODEL", "Composition", "CostModel", "KernelCost", "PlanCost", "Roofline",
            "default_checkpoint", "load_cost_model"]

@@ -102,6 +102,12 @@ def xla_vector(config: dict | None) -> list[float]:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _descriptor(hw: HardwareProfile) -> tuple[float, ...]:
+    """`hw.descriptor()`'s values, computed once per profile (a profile is frozen)."""
+    return tuple(hw.descriptor().values())
+
+
 def to_data(sub: Subdiagram, hw: HardwareProfile, config: KernelConfig | None = None,
             xla: dict | None = None) -> Data:
     """The kernel as a PyG graph with x (N, NODE_DIM), edge_index (2, E), edge_attr (E, EDGE_DIM),
@@ -145,7 +151,7 @@ def to_data(sub: Subdiagram, hw: HardwareProfile, config: KernelConfig | None = 
         x=torch.tensor(x, dtype=torch.float32),
         edge_index=torch.tensor([src, dst], dtype=torch.long).reshape(2, -1),
         edge_attr=torch.tensor(attr, dtype=torch.float32).reshape(-1, EDGE_DIM),
-        hw=torch.tensor([list(hw.descriptor().values())], dtype=torch.float32),
+        hw=torch.tensor([_descriptor(hw)], dtype=torch.float32),
         config=torch.tensor([config_vector(config, xla)], dtype=torch.float32),
         roofline=torch.tensor([roofline], dtype=torch.float32),
         kernel_hash=sub.hash,

@@ -91,16 +91,23 @@ class Trees:
                    cat["value"].astype(np.float64), float(np.ravel(model._baseline_prediction)[0]))
 
     def predict(self, X: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        # A leaf steps to itself (threshold +inf, NaN goes left: to itself too), so every row
+        # walks every tree in lockstep with no test of which rows have arrived.
+        here = np.arange(len(self.leaf))
+        left = np.where(self.leaf, here, self.left)
+        right = np.where(self.leaf, here, self.right)
+        threshold = np.where(self.leaf, np.inf, self.threshold)
+        feature = np.where(self.leaf, 0, self.feature)
+        missing_left = self.missing_left | self.leaf
         out = np.empty(len(X))
         for start in range(0, len(X), chunk):
             x = X[start:start + chunk]
             node = np.broadcast_to(self.roots, (len(x), len(self.roots))).copy()  # (n, trees)
             rows = np.arange(len(x))[:, None]
             while not self.leaf[node].all():
-                value = x[rows, self.feature[node]]
-                left = np.where(np.isnan(value), self.missing_left[node], value <= self.threshold[node])
-                step = np.where(left, self.left[node], self.right[node])
-                node = np.where(self.leaf[node], node, step)
+                value = x[rows, feature[node]]
+                go_left = np.where(np.isnan(value), missing_left[node], value <= threshold[node])
+                node = np.where(go_left, left[node], right[node])
             out[start:start + chunk] = self.baseline + self.value[node].sum(1)
         return out
 

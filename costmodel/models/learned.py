@@ -22,6 +22,19 @@ from costmodel.models import features
 from costmodel.models.base import Composition, CostModel, KernelCost, PlanCost
 
 
+def graph_key(sub: Subdiagram) -> tuple:
+    """Equal for kernels whose graphs (`features.to_data`) are equal: the content hash, plus
+    what it leaves out, which boundary tensors are one tensor read twice (the hash labels a
+    boundary tensor by shape and dtype, not by identity: add(a, a) and add(a, b) share it) and
+    which members' results leave the kernel."""
+    producer = {o: (k, j) for k, v in enumerate(sub.vertices) for j, o in enumerate(v.outputs)}
+    boundary: dict[str, int] = {}
+    reads = tuple(tuple(producer.get(n) or boundary.setdefault(n, len(boundary)) for n in v.inputs)
+                  for v in sub.vertices)
+    leaving = {p.name for p in sub.outputs}
+    return sub.hash, reads, tuple(tuple(o in leaving for o in v.outputs) for v in sub.vertices)
+
+
 class GraphCostModel(CostModel):
     """A cost model learned on kernel graphs. `trained_on` says what it saw (hardware names,
     the data's fingerprint, the feature code's hash); `hw_range` is the (min, max) of each
@@ -40,9 +53,24 @@ class GraphCostModel(CostModel):
     def predict(self, subdiagrams: Sequence[Subdiagram], target: HardwareProfile | str,
                 configs: Sequence[KernelConfig | None] | None = None) -> np.ndarray:
         hw = load_profile(target) if isinstance(target, str) else target
-        configs = self._configs(subdiagrams, configs)
-        mean, _ = self.predict_ln([features.to_data(s, hw, c) for s, c in zip(subdiagrams, configs)])
+        mean, _ = self._predict_ln(list(zip(subdiagrams, self._configs(subdiagrams, configs))), hw)
         return np.exp(mean)
+
+    def _predict_ln(self, kernels: Sequence[tuple[Subdiagram, KernelConfig | None]],
+                    hw: HardwareProfile) -> tuple[np.ndarray, np.ndarray]:
+        """`predict_ln` of (subdiagram, config) pairs, each distinct pair featurised and priced
+        once: a model's repeated layers are one kernel (same content hash, same features)."""
+        slot: dict[tuple, int] = {}
+        unique: list[tuple[Subdiagram, KernelConfig | None]] = []
+        inverse = np.empty(len(kernels), dtype=np.int64)
+        for i, (sub, config) in enumerate(kernels):
+            key = (graph_key(sub), config)
+            if key not in slot:
+                slot[key] = len(unique)
+                unique.append((sub, config))
+            inverse[i] = slot[key]
+        mean, std = self.predict_ln([features.to_data(s, hw, c) for s, c in unique])
+        return mean[inverse], std[inverse]
 
     def plan_total(self, kernels_ms: float, launches: int) -> float:
         return float(self.composition(np.array([kernels_ms]), np.array([float(launches)]))[0])
@@ -54,7 +82,7 @@ class GraphCostModel(CostModel):
         said in `warnings`."""
         hw = load_profile(target) if isinstance(target, str) else target
         kernels = (plan or Plan()).kernels(diagram)
-        mean, std = self.predict_ln([features.to_data(k.subdiagram, hw, k.config) for k in kernels])
+        mean, std = self._predict_ln([(k.subdiagram, k.config) for k in kernels], hw)
         ms = np.exp(mean)
         total = self.plan_total(float(ms.sum()), (plan or Plan()).launches(len(ms)))
         return PlanCost(hw.name, self.name, tuple(

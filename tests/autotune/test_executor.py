@@ -14,7 +14,7 @@ from autotune.lowering import AddLayerNormKernel, AttentionKernel, MatmulKernel
 from autotune.space import Space
 from costmodel.hardware import load_profile
 from costmodel.ir.plan import Plan, Tile
-from costmodel.ir.zoo import export_model
+from costmodel.ir.zoo import export_model, tiny_config
 from costmodel.measure.runner import output_error
 
 pytest.importorskip("triton", reason="the executor's kernels are Triton's")
@@ -22,15 +22,8 @@ if not os.environ.get("TRITON_INTERPRET"):  # tests/conftest.py sets it where th
     pytest.skip("these run our kernels on CPU tensors through Triton's interpreter; on a GPU, "
                 "benchmarks/plans_gpu.py runs them for real", allow_module_level=True)
 
-CONFIGS = {
-    "bert": {"architectures": ["BertForSequenceClassification"], "model_type": "bert",
-             "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 128, "vocab_size": 100, "max_position_embeddings": 64},
-    "gpt2": {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 64, "n_layer": 2,
-             "n_head": 2, "vocab_size": 100, "n_positions": 64},
-    "scgpt": {"model_type": "scgpt", "n_genes": 100, "d_model": 64, "n_heads": 2, "n_layers": 2,
-              "d_ff": 64, "query_fraction": 0.5},
-}
+CONFIGS = {"bert": tiny_config("bert-base", 2), "gpt2": tiny_config("gpt2", 2),
+           "scgpt": tiny_config("scgpt", 2, query_fraction=0.5)}
 BATCH, SEQ = 2, 16
 
 

@@ -7,9 +7,9 @@ import re
 import pytest
 
 from autotune.cli import main
+from costmodel.ir.zoo import tiny_config
 
-TINY_GPT2 = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 64, "n_layer": 2,
-             "n_head": 2, "vocab_size": 100, "n_positions": 64}
+TINY_GPT2 = tiny_config("gpt2", 2)
 
 
 @pytest.fixture(scope="module")

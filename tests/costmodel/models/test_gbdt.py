@@ -59,3 +59,19 @@ def test_the_shipped_gbdt_is_a_cost_model_anyone_can_pick(capture):
     assert isinstance(model, GBDTCostModel) and model.trained_on["data"] == "0.1"
     priced = model.predict_plan(capture("bert-base", 1, 32), "a100-pcie-40gb")
     assert priced.cost_model == "gbdt" and priced.total_ms > 0 and priced.overhead_ms != 0
+
+
+def test_repeated_kernels_are_priced_once_and_alike(fitted, capture, monkeypatch):
+    from costmodel.hardware import load_profile
+    from costmodel.ir.plan import eager_partition
+    from costmodel.models.learned import graph_key
+
+    subs = eager_partition(capture("bert-base", 1, 32))  # twelve identical layers
+    hw = load_profile("a100-pcie-40gb")
+    alone = np.array([fitted.predict([s], hw)[0] for s in subs])
+    made = []
+    real = features.to_data
+    monkeypatch.setattr(features, "to_data", lambda *a, **k: made.append(1) or real(*a, **k))
+    together = fitted.predict(subs, hw)
+    assert np.allclose(together, alone)
+    assert len(made) == len({graph_key(s) for s in subs}) < len(subs) / 3
