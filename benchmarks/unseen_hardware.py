@@ -3,6 +3,7 @@ by side, over seeds, written as one report.
 
     python benchmarks/unseen_hardware.py [--seeds 0,1,2] [--methods gnn,gbdt,hybrid,roofline]
                                          [--out reports/unseen-hardware.md]
+    python benchmarks/unseen_hardware.py --render reports/unseen-hardware.json   # tables only
 
 For each seed, with the evaluation config (`GNNConfig(epochs=6, members=1, seed=S)` and
 `GBDTConfig(seed=S)`, the other fields at their defaults: the shipped models' inputs and loss):
@@ -241,10 +242,18 @@ def render(runs: list[dict], shipped: dict, meta: dict) -> str:
              "minutes. Every number below comes from that one run (raw results: "
              "`reports/unseen-hardware.json`).", "",
              f"Evaluation configs (seeds {', '.join(str(r['config']['seed']) for r in runs)}; methods "
-             f"{', '.join(runs[0]['methods'])}): the GNN "
-             f"`{json.dumps({k: v for k, v in runs[0]['config'].items() if k != 'seed'})}`, the GBDT "
-             f"`{json.dumps({k: v for k, v in runs[0]['gbdt_config'].items() if k != 'seed'})}`; the hybrid "
-             "is the mean of the GNN's and the GBDT's ln(ms).", ""]
+             f"{', '.join(runs[0]['methods'])}):"]
+    for method, key in (("gnn", "config"), ("gbdt", "gbdt_config")):
+        if method in runs[0]["methods"]:
+            fields = {k: v for k, v in runs[0][key].items() if k != "seed"}
+            lines.append(f"- {method}: `{json.dumps(fields)}`")
+    if "hybrid" in runs[0]["methods"]:
+        lines.append("- hybrid: the mean of the GNN's and the GBDT's ln(ms)")
+    left_out = [m for m in METHODS if m not in runs[0]["methods"]]
+    if left_out:
+        lines += ["", f"Not in this run (`--methods`): {', '.join(left_out)}. What was tried to get "
+                  "here, and each model's figures by `costmodel eval`: README, \"Unseen hardware\"."]
+    lines.append("")
     lines += _targets(runs, shipped)
     lines += _fold_table(runs, "logo", "Leave one GPU out")
     lines += _fold_table(runs, "lomo", "Leave one model family out")
@@ -269,7 +278,14 @@ def main(argv=None) -> int:
                         help=f"which to train and score (default {','.join(METHODS)}; the roofline always)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a GNNConfig field for this run (e.g. hardware=all), JSON value")
+    parser.add_argument("--render", default=None, metavar="JSON",
+                        help="only write the report again from a run's raw results (its .json)")
     args = parser.parse_args(argv)
+    if args.render:
+        doc = json.loads(Path(args.render).read_text())
+        Path(args.out).write_text(render(doc["runs"], doc["shipped"], doc["meta"]) + "\n")
+        print(f"wrote {args.out} from {args.render}")
+        return 0
     start = time.time()
     overrides = {k: json.loads(v) if v[:1] in "[{0123456789-tfn" else v
                  for k, v in (s.split("=", 1) for s in args.set)}

@@ -34,6 +34,9 @@ class HybridCostModel(GraphCostModel):
     def _extrapolation_note(self) -> str:
         return self.gnn._extrapolation_note()
 
+    def hardware_seen(self) -> frozenset[int]:
+        return self.gnn.hardware_seen() | self.gbdt.hardware_seen()
+
     def predict_ln(self, graphs: Sequence[Data]) -> tuple[np.ndarray, np.ndarray]:
         a, spread = self.gnn.predict_ln(graphs)
         b, _ = self.gbdt.predict_ln(graphs)

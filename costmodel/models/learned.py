@@ -116,15 +116,23 @@ class GraphCostModel(CostModel):
         return (f"this checkpoint was trained with feature code {trained}, these features are "
                 f"{features.code_hash()}: its predictions may be off; retrain it (costmodel train)")
 
+    def hardware_seen(self) -> frozenset[int]:
+        """Indices of the hardware descriptors this model reads (`features.hardware_columns`)."""
+        return frozenset(features.hardware_columns(self.config.hardware))  # type: ignore[attr-defined]
+
     def extrapolation(self, hw: HardwareProfile) -> list[str]:
-        """Descriptors of `hw` outside the training hardware's range by more than 10% of that
-        range (5% of the value where the range is a point): what the model never saw. Figures
-        the profile lacks are not counted (a missing figure is not an extrapolation)."""
+        """Descriptors this model reads whose value for `hw` lies outside the training hardware's
+        range by more than 10% of that range (5% of the value where the range is a point): what
+        the model never saw. Figures the profile lacks are not counted (a missing figure is not
+        an extrapolation), nor descriptors the model does not read."""
         if self.hw_range is None:
             return []
         desc = hw.descriptor()
+        seen = self.hardware_seen()
         out = []
-        for (key, value), lo, hi in zip(desc.items(), *self.hw_range):
+        for i, ((key, value), lo, hi) in enumerate(zip(desc.items(), *self.hw_range)):
+            if i not in seen:
+                continue
             bare = key.removeprefix("log10_")
             if key.startswith("has_") or desc.get(f"has_{bare}", 1.0) == 0.0:
                 continue

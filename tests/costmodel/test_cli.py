@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from costmodel.cli import main
+from costmodel.models.registry import DEFAULT_COST_MODEL
 
 
 def run(*argv):
@@ -20,11 +21,15 @@ def test_predict_json_contract(capsys):
     doc = json.loads(capsys.readouterr().out)
     for key in ("total_ms", "target", "model", "diagram_hash", "cost_model", "subdiagrams"):
         assert key in doc
-    assert doc["target"] == "h100-sxm" and doc["cost_model"] == "gnn"  # the shipped checkpoint
+    assert doc["target"] == "h100-sxm" and doc["cost_model"] == DEFAULT_COST_MODEL == "gbdt"
     assert doc["kernels_ms"] == pytest.approx(sum(s["predicted_ms"] for s in doc["subdiagrams"]))
     assert doc["total_ms"] == pytest.approx(doc["kernels_ms"] + doc["overhead_ms"])
-    assert all(s["spread"] > 0 for s in doc["subdiagrams"])  # an ensemble's spread per kernel
     assert all(s["ops"] and s["predicted_ms"] > 0 for s in doc["subdiagrams"])
+    assert main(["predict", "--model", "bert-base", "--batch", "2", "--seq", "64",
+                 "--target", "h100", "--json", "--cost-model", "gnn"]) == 0
+    gnn = json.loads(capsys.readouterr().out)
+    assert gnn["cost_model"] == "gnn" and set(gnn) == set(doc)
+    assert all(s["spread"] > 0 for s in gnn["subdiagrams"])  # an ensemble's spread per kernel
 
 
 def test_attention_is_chosen_and_reported(capsys):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from costmodel.hardware import load_profile
 from costmodel.models import features
 from costmodel.models.gbdt import GBDTConfig, GBDTCostModel, Trees, flat_features
 
@@ -75,3 +76,11 @@ def test_repeated_kernels_are_priced_once_and_alike(fitted, capture, monkeypatch
     together = fitted.predict(subs, hw)
     assert np.allclose(together, alone)
     assert len(made) == len({graph_key(s) for s in subs}) < len(subs) / 3
+
+
+def test_only_descriptors_it_reads_count_as_extrapolation(capture):
+    graphs = examples(capture)  # an A100 and a T4
+    blind = GBDTCostModel.fit(graphs, GBDTConfig(max_iter=10, hardware="none"))
+    seeing = GBDTCostModel.fit(graphs, GBDTConfig(max_iter=10, hardware="all"))
+    assert blind.extrapolation(load_profile("h200")) == []  # it reads only the kind of target
+    assert "log10_memory_bandwidth" in seeing.extrapolation(load_profile("h200"))
