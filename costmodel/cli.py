@@ -115,7 +115,8 @@ def _parser() -> ArgumentParser:
     sub.add_parser("targets", help="list hardware targets")
 
     p = sub.add_parser("train", help="train a learned cost model on a dataset release")
-    p.add_argument("--model", default="gnn", choices=("gnn", "gbdt", "hybrid"), help="default gnn")
+    p.add_argument("--model", default=DEFAULT_COST_MODEL, choices=("gnn", "gbdt", "hybrid"),
+                   help=f"default {DEFAULT_COST_MODEL}, the default cost model")
     add_learning_args(p)
     p.add_argument("--out", default=None,
                    help="checkpoint folder (default costmodel/models/checkpoints)")

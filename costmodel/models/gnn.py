@@ -62,8 +62,8 @@ class GNNConfig:
     # instead of learning physics (DESIGN: prefer physically meaningful quantities).
     # "ratios": per-SM figures and ratios between peaks, which a new GPU interpolates within.
     # With "time" weights it scored 19.9% mean whole-model MAPE over the five leave-one-GPU-out
-    # folds (seed 0) against 21.7% (seeds 0-2) for these defaults, but trained on the whole
-    # release it priced gpt2 1x128 slower on an H100 than on an A100: kept as an option.
+    # folds (seed 0) against 20.9% for these defaults, but trained on the whole release it
+    # priced gpt2 1x128 slower on an H100 than on an A100: kept as an option (README).
     hardware: str = "all"  # or "physical", "ratios", "minimal", "none" (features.HARDWARE)
     # Standardised descriptors clamped to the training range (Normaliser.lo/hi).
     clamp_hardware: bool = True
