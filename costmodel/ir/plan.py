@@ -3,9 +3,9 @@
 A plan is a tuple of decisions. `Fuse` makes one kernel of several vertices; `Tile` sets the
 kernel parameters of the kernel that holds a vertex; `Runtime` says how the rest of the graph
 runs (op by op, or compiled by inductor around the plan's kernels) and whether the whole call is
-captured as a CUDA graph (at most one `Runtime`; none: eager, no graph). Applying a plan to a diagram gives its
-kernels: each a `Subdiagram` with a `KernelConfig` (None: the library's own choice, as in eager
-PyTorch). The eager plan (no decisions) is one kernel per compute op, free ops folded away.
+captured as a CUDA graph (at most one `Runtime`; none: eager, no graph). Applying a plan to a
+diagram gives its kernels: each a `Subdiagram` with a `KernelConfig` (None: the library's own
+choice, as in eager PyTorch). The eager plan (no decisions) is one kernel per compute op, free ops folded away.
 The autotuner searches plans; the cost model prices them; both share these values.
 """
 from __future__ import annotations

@@ -10,5 +10,5 @@ from costmodel.models.base import Composition, CostModel, KernelCost, PlanCost
 from costmodel.models.registry import COST_MODELS, DEFAULT_COST_MODEL, default_checkpoint, load_cost_model
 from costmodel.models.roofline import Roofline
 
-__all__ = ["COST_MODELS", "DEFAULT_COST_MODEL", "Composition", "CostModel", "KernelCost", "PlanCost", "Roofline",
-           "default_checkpoint", "load_cost_model"]
+__all__ = ["COST_MODELS", "DEFAULT_COST_MODEL", "Composition", "CostModel", "KernelCost", "PlanCost",
+           "Roofline", "default_checkpoint", "load_cost_model"]

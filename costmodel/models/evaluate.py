@@ -122,8 +122,8 @@ def by_hardware(graphs: Sequence[Data]) -> dict[str, list[int]]:
 
 
 def leave_one_gpu_out(graphs: Sequence[Data], workloads: Sequence[Workload], *, cfg: GNNConfig,
-                      gbdt: GBDTConfig | None = None, gpus: Sequence[str] | None = None, methods: Sequence[str] = METHODS,
-                      progress: bool = True) -> dict[str, Scores]:
+                      gbdt: GBDTConfig | None = None, gpus: Sequence[str] | None = None,
+                      methods: Sequence[str] = METHODS, progress: bool = True) -> dict[str, Scores]:
     """Per GPU (default: every GPU with whole-model measurements): train on every other
     machine's kernels (and fit the whole-model composition on every other GPU's models), score
     this GPU's kernels and whole models. Each fold's training starts from the config's seed, so
@@ -145,7 +145,8 @@ def leave_one_gpu_out(graphs: Sequence[Data], workloads: Sequence[Workload], *, 
 
 
 def leave_one_model_out(graphs: Sequence[Data], workloads: Sequence[Workload], *, cfg: GNNConfig,
-                        gbdt: GBDTConfig | None = None, methods: Sequence[str] = METHODS, progress: bool = True) -> dict[str, Scores]:
+                        gbdt: GBDTConfig | None = None, methods: Sequence[str] = METHODS,
+                        progress: bool = True) -> dict[str, Scores]:
     """Per model family: train without any kernel measured in that family's graphs (kernel
     micro-benchmarks stay: they belong to no model) and fit the composition on the other
     families; score the family's whole models on every GPU, and its kernels."""
@@ -360,7 +361,8 @@ def score_ranking(groups: Sequence[RankGroup],
 
 
 def ranking(graphs: Sequence[Data], groups: Sequence[RankGroup], *, cfg: GNNConfig,
-            gbdt: GBDTConfig | None = None, methods: Sequence[str] = METHODS, progress: bool = True) -> dict[str, RankScores]:
+            gbdt: GBDTConfig | None = None, methods: Sequence[str] = METHODS,
+            progress: bool = True) -> dict[str, RankScores]:
     """Hold out half of each family's groups (`split_groups`); train the GNN and the GBDT on
     every kernel measurement except the held-out groups' (their kernels and, for a fusion group,
     its ops' eager kernels, on that machine); score the held-out groups' orders."""

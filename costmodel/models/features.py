@@ -102,6 +102,19 @@ def xla_vector(config: dict | None) -> list[float]:
     return out
 
 
+def graph_key(sub: Subdiagram) -> tuple:
+    """Equal for kernels whose graphs (`to_data`) are equal: the content hash, plus
+    what it leaves out, which boundary tensors are one tensor read twice (the hash labels a
+    boundary tensor by shape and dtype, not by identity: add(a, a) and add(a, b) share it) and
+    which members' results leave the kernel."""
+    producer = {o: (k, j) for k, v in enumerate(sub.vertices) for j, o in enumerate(v.outputs)}
+    boundary: dict[str, int] = {}
+    reads = tuple(tuple(producer.get(n) or boundary.setdefault(n, len(boundary)) for n in v.inputs)
+                  for v in sub.vertices)
+    leaving = {p.name for p in sub.outputs}
+    return sub.hash, reads, tuple(tuple(o in leaving for o in v.outputs) for v in sub.vertices)
+
+
 @functools.lru_cache(maxsize=64)
 def _descriptor(hw: HardwareProfile) -> tuple[float, ...]:
     """`hw.descriptor()`'s values, computed once per profile (a profile is frozen)."""

@@ -22,19 +22,6 @@ from costmodel.models import features
 from costmodel.models.base import Composition, CostModel, KernelCost, PlanCost
 
 
-def graph_key(sub: Subdiagram) -> tuple:
-    """Equal for kernels whose graphs (`features.to_data`) are equal: the content hash, plus
-    what it leaves out, which boundary tensors are one tensor read twice (the hash labels a
-    boundary tensor by shape and dtype, not by identity: add(a, a) and add(a, b) share it) and
-    which members' results leave the kernel."""
-    producer = {o: (k, j) for k, v in enumerate(sub.vertices) for j, o in enumerate(v.outputs)}
-    boundary: dict[str, int] = {}
-    reads = tuple(tuple(producer.get(n) or boundary.setdefault(n, len(boundary)) for n in v.inputs)
-                  for v in sub.vertices)
-    leaving = {p.name for p in sub.outputs}
-    return sub.hash, reads, tuple(tuple(o in leaving for o in v.outputs) for v in sub.vertices)
-
-
 class GraphCostModel(CostModel):
     """A cost model learned on kernel graphs. `trained_on` says what it saw (hardware names,
     the data's fingerprint, the feature code's hash); `hw_range` is the (min, max) of each
@@ -59,12 +46,12 @@ class GraphCostModel(CostModel):
     def _predict_ln(self, kernels: Sequence[tuple[Subdiagram, KernelConfig | None]],
                     hw: HardwareProfile) -> tuple[np.ndarray, np.ndarray]:
         """`predict_ln` of (subdiagram, config) pairs, each distinct pair featurised and priced
-        once: a model's repeated layers are one kernel (same content hash, same features)."""
+        once: a model's repeated layers are one kernel (same `features.graph_key`, same graph)."""
         slot: dict[tuple, int] = {}
         unique: list[tuple[Subdiagram, KernelConfig | None]] = []
         inverse = np.empty(len(kernels), dtype=np.int64)
         for i, (sub, config) in enumerate(kernels):
-            key = (graph_key(sub), config)
+            key = (features.graph_key(sub), config)
             if key not in slot:
                 slot[key] = len(unique)
                 unique.append((sub, config))

@@ -65,7 +65,7 @@ def test_the_shipped_gbdt_is_a_cost_model_anyone_can_pick(capture):
 def test_repeated_kernels_are_priced_once_and_alike(fitted, capture, monkeypatch):
     from costmodel.hardware import load_profile
     from costmodel.ir.plan import eager_partition
-    from costmodel.models.learned import graph_key
+    from costmodel.models.features import graph_key
 
     subs = eager_partition(capture("bert-base", 1, 32))  # twelve identical layers
     hw = load_profile("a100-pcie-40gb")
