@@ -89,9 +89,10 @@ def _mean(xs):
 
 def run_seed(seed: int, graphs, workloads, groups, release: Path, data: Path, cfg_overrides: dict,
              methods: tuple[str, ...] = METHODS) -> dict:
-    cfg = dataclasses.replace(GNNConfig(seed=seed, epochs=6, members=1), **cfg_overrides)
+    cfg = dataclasses.replace(GNNConfig(seed=seed, epochs=6, members=1),
+                              **{k: v for k, v in cfg_overrides.items() if k != "fill"})
     gbdt_cfg = dataclasses.replace(GBDTConfig(seed=seed), **{
-        k: v for k, v in cfg_overrides.items() if k in ("hardware", "weight")})
+        k: v for k, v in cfg_overrides.items() if k in ("hardware", "weight", "fill")})
     out: dict = {"methods": list(methods), "config": dataclasses.asdict(cfg),
                  "gbdt_config": dataclasses.asdict(gbdt_cfg)}
     _say(f"seed {seed}: leave one GPU out")
@@ -236,11 +237,11 @@ def _targets(runs: list[dict], shipped: dict) -> list[str]:
     return lines + [""]
 
 
-def render(runs: list[dict], shipped: dict, meta: dict) -> str:
+def render(runs: list[dict], shipped: dict, meta: dict,
+           raw: Path = Path("reports/unseen-hardware.json")) -> str:
     lines = ["# Predictions on hardware and models the cost models never saw", "",
              f"Made by `{meta['command']}` on {meta['machine']}, {meta['date']}, in {meta['minutes']:.0f} "
-             "minutes. Every number below comes from that one run (raw results: "
-             "`reports/unseen-hardware.json`).", "",
+             f"minutes. Every number below comes from that one run (raw results: `{raw.as_posix()}`).", "",
              f"Evaluation configs (seeds {', '.join(str(r['config']['seed']) for r in runs)}; methods "
              f"{', '.join(runs[0]['methods'])}):"]
     for method, key in (("gnn", "config"), ("gbdt", "gbdt_config")):
@@ -283,7 +284,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.render:
         doc = json.loads(Path(args.render).read_text())
-        Path(args.out).write_text(render(doc["runs"], doc["shipped"], doc["meta"]) + "\n")
+        Path(args.out).write_text(render(doc["runs"], doc["shipped"], doc["meta"], Path(args.render)) + "\n")
         print(f"wrote {args.out} from {args.render}")
         return 0
     start = time.time()
@@ -308,7 +309,7 @@ def main(argv=None) -> int:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "minutes": (time.time() - start) / 60}
     out = Path(args.out)
-    out.write_text(render(runs, shipped, meta) + "\n")
+    out.write_text(render(runs, shipped, meta, out.with_suffix(".json")) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs, "shipped": shipped},
                                                    indent=1, default=str) + "\n")
     print(f"wrote {out} and {out.with_suffix('.json')}")

@@ -4,7 +4,8 @@ Nodes are the kernel's vertices and the tensors it reads and writes at its bound
 single-op kernel is still a graph (inputs -> op -> output). Edges follow the data: boundary input
 -> reading vertex, vertex -> vertex for tensors kept on chip, vertex -> boundary output. Graph-level
 tensors (one row per graph, so they stack under batching): `hw` (hardware descriptors), `config`
-(kernel parameters) and `roofline` (the analytical terms, log10 seconds). Sizes enter as log2.
+(kernel parameters), `roofline` (the analytical terms, log10 seconds) and `fill` (how the kernel
+fills the machine: work, waves and bytes per compute unit and per L2). Sizes enter as log2.
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ KERNEL_CONFIG_DIM = 8  # a Triton-style KernelConfig
 XLA_CONFIG_DIM = 16  # an XLA tile or layout configuration (TpuGraphs)
 CONFIG_DIM = KERNEL_CONFIG_DIM + XLA_CONFIG_DIM
 ROOFLINE_DIM = 4
+FILL_DIM = 4  # `machine_fill`
+TILE = 128 * 128  # output elements of one tile of a typical GPU kernel (for counting waves)
 LN10 = math.log(10.0)
 
 
@@ -121,25 +124,57 @@ def _descriptor(hw: HardwareProfile) -> tuple[float, ...]:
     return tuple(hw.descriptor().values())
 
 
+def node_features(sub: Subdiagram) -> list[list[float]]:
+    """The rows of `to_data`'s x: the kernel's vertices, then its boundary inputs and outputs."""
+    x = [_onehot("vertex", NODE_TYPES) + _onehot(v.kind, OP_KINDS) + _onehot(v.dtype, DTYPES)
+         + [_log2(v.flops), _log2(v.bytes_read), _log2(v.bytes_written)]
+         + _shape(v.output_shapes[0]) + _onehot(v.mask_kind, MASK_KINDS)
+         + [v.mask_density or 0.0] + [0.0] * len(ROLES) for v in sub.vertices]
+    return (x + [_tensor_node(p, "input") for p in sub.inputs]
+            + [_tensor_node(p, "output") for p in sub.outputs])
+
+
+def machine_fill(sub: Subdiagram, hw: HardwareProfile) -> list[float]:
+    """How the kernel fills the machine, in units a new target interpolates within (log2):
+    its biggest vertex's FLOPs per compute unit; waves, the 128 x 128 tiles of its biggest
+    output per compute unit; how much of the last wave is idle (tiles launched in whole waves
+    over the tiles there are, at most 64); and the bytes its vertices move over the L2 size
+    (1 byte where a profile gives none). The roofline sees a kernel's size against peaks; these
+    see it against the machine's width, where small and odd-shaped kernels lose their speed."""
+    units = math.log2(hw.compute_units)
+    flops = max((_log2(v.flops) for v in sub.vertices), default=0.0)
+    out = max((_log2(p.bytes) for p in sub.outputs), default=0.0)
+    waves = out - 2 - math.log2(TILE) - units  # 4-byte elements
+    tiles = 2.0 ** waves
+    moved = math.log2(sum(v.bytes_read + v.bytes_written for v in sub.vertices) + 2 * len(sub.vertices))
+    return [flops - units, waves, min(math.ceil(tiles) / tiles, 64.0) if tiles > 0 else 1.0,
+            moved - math.log2(hw.l2_bytes or 1)]
+
+
+def graph_features(sub: Subdiagram, hw: HardwareProfile, config: KernelConfig | None = None,
+                   xla: dict | None = None) -> tuple[tuple[float, ...], list[float], list[float], list[float]]:
+    """`to_data`'s graph-level rows: hw (the descriptors), config, roofline (log10 seconds), fill
+    (`machine_fill`)."""
+    compute, memory = Roofline().terms(sub, hw, config)
+    launch = hw.launch_overhead_s
+    roofline = [math.log10(compute + 1e-12), math.log10(memory + 1e-12), math.log10(launch + 1e-12),
+                math.log10(max(compute, memory) + launch)]
+    return _descriptor(hw), config_vector(config, xla), roofline, machine_fill(sub, hw)
+
+
 def to_data(sub: Subdiagram, hw: HardwareProfile, config: KernelConfig | None = None,
             xla: dict | None = None) -> Data:
     """The kernel as a PyG graph with x (N, NODE_DIM), edge_index (2, E), edge_attr (E, EDGE_DIM),
     and graph attributes hw (1, H), config (1, CONFIG_DIM: the kernel config, then `xla`, a
-    TpuGraphs program's compiler config), roofline (1, ROOFLINE_DIM)."""
-    x: list[list[float]] = []
+    TpuGraphs program's compiler config), roofline (1, ROOFLINE_DIM), fill (1, FILL_DIM)."""
+    x = node_features(sub)
     index: dict[tuple[str, str], int] = {}
-    for v in sub.vertices:
-        index[("v", v.name)] = len(x)
-        x.append(_onehot("vertex", NODE_TYPES) + _onehot(v.kind, OP_KINDS) + _onehot(v.dtype, DTYPES)
-                 + [_log2(v.flops), _log2(v.bytes_read), _log2(v.bytes_written)]
-                 + _shape(v.output_shapes[0]) + _onehot(v.mask_kind, MASK_KINDS)
-                 + [v.mask_density or 0.0] + [0.0] * len(ROLES))
-    for p in sub.inputs:
-        index[("in", p.name)] = len(x)
-        x.append(_tensor_node(p, "input"))
-    for p in sub.outputs:
-        index[("out", p.name)] = len(x)
-        x.append(_tensor_node(p, "output"))
+    for i, v in enumerate(sub.vertices):
+        index[("v", v.name)] = i
+    for i, p in enumerate(sub.inputs, len(sub.vertices)):
+        index[("in", p.name)] = i
+    for i, p in enumerate(sub.outputs, len(sub.vertices) + len(sub.inputs)):
+        index[("out", p.name)] = i
 
     src, dst, attr = [], [], []
     producer = {o: v.name for v in sub.vertices for o in v.outputs}
@@ -156,17 +191,15 @@ def to_data(sub: Subdiagram, hw: HardwareProfile, config: KernelConfig | None = 
                 dst.append(index[("out", name)])
                 attr.append([_log2(out_bytes[name]), 1.0, 0.0, 0.0, 0.0])
 
-    compute, memory = Roofline().terms(sub, hw, config)
-    launch = hw.launch_overhead_s
-    roofline = [math.log10(compute + 1e-12), math.log10(memory + 1e-12), math.log10(launch + 1e-12),
-                math.log10(max(compute, memory) + launch)]
+    descriptor, config_row, roofline, fill = graph_features(sub, hw, config, xla)
     return Data(
         x=torch.tensor(x, dtype=torch.float32),
         edge_index=torch.tensor([src, dst], dtype=torch.long).reshape(2, -1),
         edge_attr=torch.tensor(attr, dtype=torch.float32).reshape(-1, EDGE_DIM),
-        hw=torch.tensor([_descriptor(hw)], dtype=torch.float32),
-        config=torch.tensor([config_vector(config, xla)], dtype=torch.float32),
+        hw=torch.tensor([descriptor], dtype=torch.float32),
+        config=torch.tensor([config_row], dtype=torch.float32),
         roofline=torch.tensor([roofline], dtype=torch.float32),
+        fill=torch.tensor([fill], dtype=torch.float32),
         kernel_hash=sub.hash,
     )
 

@@ -2,16 +2,21 @@
 as a cost model anyone can pick (`--cost-model gbdt`).
 
 Each kernel graph becomes one row: its node features summed and maxed, the hardware descriptors,
-the kernel config and the roofline terms. The trees predict ln(ms) less the roofline's ln(ms), as
-the GNN does, so an unseen target stays anchored to its own peaks and bandwidth.
+the kernel config, the roofline terms and, with `GBDTConfig.fill`, how the kernel fills the machine
+(`features.machine_fill`).
+The trees predict ln(ms) less the roofline's ln(ms), as the GNN does, so an unseen target stays
+anchored to its own peaks and bandwidth. A prediction builds the rows straight from the kernels
+(`kernel_features`), without their graphs; training reads the same rows from the graphs.
 
 scikit-learn fits the trees; they are then kept as plain arrays (the nodes of each tree) and
 walked with numpy, so a saved model loads with torch alone and no pickle is ever read.
 """
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +24,9 @@ import torch
 from torch_geometric.data import Data
 
 from costmodel.errors import UserError
+from costmodel.hardware import HardwareProfile
+from costmodel.ir.diagram import Subdiagram
+from costmodel.ir.plan import KernelConfig
 from costmodel.models import features
 from costmodel.models.base import Composition
 from costmodel.models.learned import GraphCostModel
@@ -37,21 +45,56 @@ class GBDTConfig:
     # 12.2% mean against 12.9% for none/none, 12.4% for physical/time and 16.3% for all/none.
     hardware: str = "none"
     weight: str = "time"
+    # Whether it reads how a kernel fills the machine (`features.machine_fill`). Off: over the
+    # three seeds of leave one GPU out it helped the A100 (11.5% -> 6.7%) and TpuGraphs' tile
+    # ranking (top-5 slowdown 16.5% -> 5.0%, random 14.9%), and hurt the T4 (8.1% -> 12.3%), the
+    # P4 and the V100: mean 13.8% against 12.8% (README, "Unseen hardware").
+    fill: bool = False
     seed: int = 0
 
 
-def flat_features(graphs: Sequence[Data], hardware: str = "all") -> np.ndarray:
-    """One row per kernel: node features summed and maxed, the hardware descriptors of kind
-    `hardware`, config, roofline terms."""
+def _row(x: np.ndarray, *graph: np.ndarray) -> np.ndarray:
+    """One kernel's row from its float32 graph arrays: x summed (in float64) and maxed, then the
+    graph-level rows (descriptors, config, roofline terms, fill). Both ways in (`flat_features`,
+    `kernel_features`) come here with equal float32 values, so they give equal rows."""
+    x = x.astype(np.float64)
+    return np.concatenate([x.sum(0), x.max(0), *graph])
+
+
+def flat_features(graphs: Sequence[Data], hardware: str = "all", fill: bool = False) -> np.ndarray:
+    """One row per kernel graph: node features summed and maxed, the hardware descriptors of kind
+    `hardware`, config, roofline terms, and with `fill` how the kernel fills the machine
+    (`features.machine_fill`)."""
     cols = list(features.hardware_columns(hardware))
-    rows = [torch.cat([g.x.sum(0), g.x.max(0).values, g.hw[0, cols], g.config[0], g.roofline[0]])
-            for g in graphs]
-    return torch.stack(rows).double().numpy() if rows else np.zeros((0, 0))
+    rows = [_row(g.x.numpy(), g.hw[0, cols].numpy(), g.config[0].numpy(), g.roofline[0].numpy(),
+                 g.fill[0, :features.FILL_DIM * fill].numpy()) for g in graphs]
+    return np.stack(rows) if rows else np.zeros((0, 0))
+
+
+def kernel_features(kernels: Sequence[tuple[Subdiagram, KernelConfig | None]], hw: HardwareProfile,
+                    hardware: str = "all", fill: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """`flat_features` and `roofline_ln` of the graphs `features.to_data` would build for
+    (subdiagram, config) pairs on `hw`, without building them (no edges, no tensors)."""
+    cols = list(features.hardware_columns(hardware))
+    cut = features.FILL_DIM * fill
+    rows, ln = [], []
+    for sub, config in kernels:
+        descriptor, config_row, roofline, machine = features.graph_features(sub, hw, config)
+        rows.append(_row(np.array(features.node_features(sub), dtype=np.float32),
+                         np.array(descriptor, dtype=np.float32)[cols],
+                         *(np.array(r, dtype=np.float32) for r in (config_row, roofline, machine[:cut]))))
+        ln.append(roofline[3])
+    if not rows:
+        return np.zeros((0, 0)), np.zeros(0)
+    return np.stack(rows), np.array(ln, dtype=np.float32).astype(np.float64) * features.LN10 + math.log(1e3)
 
 
 def roofline_ln(graphs: Sequence[Data]) -> np.ndarray:
-    """ln(ms) of the roofline estimate each graph carries."""
-    return np.array([float(features.roofline_ln_ms(g)[0]) for g in graphs])
+    """ln(ms) of the roofline estimate each graph carries (`features.roofline_ln_ms`)."""
+    if not graphs:
+        return np.zeros(0)
+    log10_s = np.concatenate([g.roofline[:, 3].numpy() for g in graphs]).astype(np.float64)
+    return log10_s * features.LN10 + math.log(1e3)
 
 
 @dataclass(frozen=True)
@@ -90,30 +133,53 @@ class Trees:
                    cat["missing_go_to_left"].astype(bool), cat["is_leaf"].astype(bool),
                    cat["value"].astype(np.float64), float(np.ravel(model._baseline_prediction)[0]))
 
-    def predict(self, X: np.ndarray, chunk: int = 4096) -> np.ndarray:
-        # A leaf steps to itself (threshold +inf, NaN goes left: to itself too), so every row
-        # walks every tree in lockstep with no test of which rows have arrived.
+    @functools.cached_property
+    def _walk(self) -> tuple[np.ndarray, ...]:
+        """Arrays for walking: a leaf steps to itself (threshold +inf, NaN goes left: to itself
+        too), so every row walks the trees in lockstep; the roots ordered by their tree's depth,
+        and how many trees are done before each step (a shallow tree stops early)."""
         here = np.arange(len(self.leaf))
         left = np.where(self.leaf, here, self.left)
         right = np.where(self.leaf, here, self.right)
-        threshold = np.where(self.leaf, np.inf, self.threshold)
-        feature = np.where(self.leaf, 0, self.feature)
-        missing_left = self.missing_left | self.leaf
+        depths = []
+        for root in self.roots:
+            deepest, stack = 0, [(int(root), 0)]
+            while stack:
+                i, d = stack.pop()
+                deepest = max(deepest, d)
+                if not self.leaf[i]:
+                    stack += [(int(self.left[i]), d + 1), (int(self.right[i]), d + 1)]
+            depths.append(deepest)
+        order = np.argsort(depths, kind="stable")
+        depth = np.array(depths)[order]
+        done = np.searchsorted(depth, np.arange(int(depth.max(initial=0))), side="right")
+        return (left, right, np.where(self.leaf, np.inf, self.threshold),
+                np.where(self.leaf, 0, self.feature), self.missing_left | self.leaf,
+                self.roots[order], done)
+
+    def predict(self, X: np.ndarray, chunk: int = 512) -> np.ndarray:
+        left, right, threshold, feature, missing_left, roots, done = self._walk
+        nan = bool(np.isnan(X).any())
         out = np.empty(len(X))
         for start in range(0, len(X), chunk):
             x = X[start:start + chunk]
-            node = np.broadcast_to(self.roots, (len(x), len(self.roots))).copy()  # (n, trees)
-            rows = np.arange(len(x))[:, None]
-            while not self.leaf[node].all():
-                value = x[rows, feature[node]]
-                go_left = np.where(np.isnan(value), missing_left[node], value <= threshold[node])
-                node = np.where(go_left, left[node], right[node])
+            node = np.broadcast_to(roots, (len(x), len(roots))).copy()  # (n, trees)
+            flat = np.arange(len(x))[:, None] * x.shape[1]
+            x = x.ravel()
+            for first in done:  # the trees from `first` on are still walking
+                at = node[:, first:]
+                value = x[flat + feature[at]]
+                go_left = value <= threshold[at]
+                if nan:
+                    go_left = np.where(np.isnan(value), missing_left[at], go_left)
+                node[:, first:] = np.where(go_left, left[at], right[at])
             out[start:start + chunk] = self.baseline + self.value[node].sum(1)
         return out
 
     def to_dict(self) -> dict:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # not the cached walk
         return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
-                for k, v in self.__dict__.items()}
+                for k, v in values.items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> Trees:
@@ -141,7 +207,7 @@ class GBDTCostModel(GraphCostModel):
 
         if not graphs:
             raise ValueError("no training examples")
-        X = flat_features(graphs, config.hardware)
+        X = flat_features(graphs, config.hardware, config.fill)
         ln = torch.tensor([float(g.y[0]) for g in graphs])
         y = ln.numpy() - roofline_ln(graphs)
         model = HistGradientBoostingRegressor(max_iter=config.max_iter,
@@ -156,11 +222,21 @@ class GBDTCostModel(GraphCostModel):
     def predict_ln(self, graphs: Sequence[Data]) -> tuple[np.ndarray, np.ndarray]:
         if not graphs:
             return np.zeros(0), np.zeros(0)
-        X = flat_features(graphs, self.config.hardware)
+        X = flat_features(graphs, self.config.hardware, self.config.fill)
+        return self._ln(X, roofline_ln(graphs))
+
+    def predict_kernels(self, kernels: Sequence[tuple[Subdiagram, KernelConfig | None]],
+                        hw: HardwareProfile) -> tuple[np.ndarray, np.ndarray]:
+        """As `predict_ln` of their graphs, from the rows alone (`kernel_features`)."""
+        if not kernels:
+            return np.zeros(0), np.zeros(0)
+        return self._ln(*kernel_features(kernels, hw, self.config.hardware, self.config.fill))
+
+    def _ln(self, X: np.ndarray, roofline: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if X.shape[1] != self.n_features:
             raise UserError(f"this GBDT was trained on {self.n_features} features, these "
                             f"kernels have {X.shape[1]}: retrain it (costmodel train --model gbdt)")
-        return roofline_ln(graphs) + self.trees.predict(X), np.zeros(len(graphs))
+        return roofline + self.trees.predict(X), np.zeros(len(X))
 
     def save(self, path: str | Path) -> None:
         torch.save({"cost_model": "gbdt", "config": asdict(self.config),

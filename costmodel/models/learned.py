@@ -56,8 +56,14 @@ class GraphCostModel(CostModel):
                 slot[key] = len(unique)
                 unique.append((sub, config))
             inverse[i] = slot[key]
-        mean, std = self.predict_ln([features.to_data(s, hw, c) for s, c in unique])
+        mean, std = self.predict_kernels(unique, hw)
         return mean[inverse], std[inverse]
+
+    def predict_kernels(self, kernels: Sequence[tuple[Subdiagram, KernelConfig | None]],
+                        hw: HardwareProfile) -> tuple[np.ndarray, np.ndarray]:
+        """`predict_ln` of the kernels' graphs on `hw`; a model that needs less than the graph
+        (the GBDT: its flat rows) overrides it."""
+        return self.predict_ln([features.to_data(s, hw, c) for s, c in kernels])
 
     def plan_total(self, kernels_ms: float, launches: int) -> float:
         return float(self.composition(np.array([kernels_ms]), np.array([float(launches)]))[0])

@@ -86,3 +86,22 @@ def test_time_weights_favour_big_kernels():
     w = sample_weights(y, "time")
     assert torch.all(w[1:] > w[:-1]) and w.mean().item() == pytest.approx(1.0)
     assert torch.equal(sample_weights(y, "none"), torch.ones(4))
+
+
+def test_machine_fill_counts_waves_against_the_machine(capture):
+    """The biggest output in 128 x 128 tiles per compute unit, and the idle part of the last wave."""
+    import math
+
+    from costmodel.models.features import FILL_DIM, machine_fill
+
+    d = capture("bert-base", 8, 128)
+    sub = next(s for s in eager_partition(d) if s.kinds == ("matmul",))  # 1024 x 768 fp32
+    a100, t4 = load_profile("a100"), load_profile("t4")
+    fill = machine_fill(sub, a100)
+    assert len(fill) == FILL_DIM == to_data(sub, a100).fill.shape[1]
+    tiles = 1024 * 768 / (128 * 128)  # 48 tiles on 108 SMs: half the machine idles
+    assert math.isclose(2 ** fill[1], tiles / a100.compute_units, rel_tol=1e-3)
+    assert math.isclose(fill[2], math.ceil(tiles / 108) / (tiles / 108), rel_tol=1e-3)
+    # The same kernel on a narrower GPU: more work per unit, more waves, the L2 smaller.
+    narrow = machine_fill(sub, t4)
+    assert narrow[0] > fill[0] and narrow[1] > fill[1] and narrow[3] > fill[3]

@@ -6,7 +6,8 @@ import torch
 
 from costmodel.hardware import load_profile
 from costmodel.models import features
-from costmodel.models.gbdt import GBDTConfig, GBDTCostModel, Trees, flat_features
+from costmodel.models.gbdt import (GBDTConfig, GBDTCostModel, Trees, flat_features, kernel_features,
+                                   roofline_ln)
 
 from .test_base import CostModelContract
 from .test_gnn import examples
@@ -71,8 +72,8 @@ def test_repeated_kernels_are_priced_once_and_alike(fitted, capture, monkeypatch
     hw = load_profile("a100-pcie-40gb")
     alone = np.array([fitted.predict([s], hw)[0] for s in subs])
     made = []
-    real = features.to_data
-    monkeypatch.setattr(features, "to_data", lambda *a, **k: made.append(1) or real(*a, **k))
+    real = features.node_features
+    monkeypatch.setattr(features, "node_features", lambda *a, **k: made.append(1) or real(*a, **k))
     together = fitted.predict(subs, hw)
     assert np.allclose(together, alone)
     assert len(made) == len({graph_key(s) for s in subs}) < len(subs) / 3
@@ -84,3 +85,21 @@ def test_only_descriptors_it_reads_count_as_extrapolation(capture):
     seeing = GBDTCostModel.fit(graphs, GBDTConfig(max_iter=10, hardware="all"))
     assert blind.extrapolation(load_profile("h200")) == []  # it reads only the kind of target
     assert "log10_memory_bandwidth" in seeing.extrapolation(load_profile("h200"))
+
+
+def test_rows_from_kernels_equal_rows_from_their_graphs(fitted, capture):
+    """Prediction builds the rows without the graphs; training reads them from the graphs."""
+    from costmodel.ir.plan import KernelConfig, eager_partition
+
+    subs = eager_partition(capture("gpt2", 2, 64))
+    tile = KernelConfig(block_m=64, block_n=128, block_k=32, num_warps=4, num_stages=3)
+    kernels = [(s, tile if i % 3 == 0 else None) for i, s in enumerate(subs)]
+    hw = load_profile("t4")
+    graphs = [features.to_data(s, hw, c) for s, c in kernels]
+    for hardware in features.HARDWARE:
+        for fill in (False, True):
+            X, ln = kernel_features(kernels, hw, hardware, fill)
+            assert np.array_equal(X, flat_features(graphs, hardware, fill))
+            assert np.array_equal(ln, roofline_ln(graphs))
+    assert flat_features(graphs, "none", True).shape[1] == flat_features(graphs, "none").shape[1] + 4
+    assert np.array_equal(fitted.predict_kernels(kernels, hw)[0], fitted.predict_ln(graphs)[0])
