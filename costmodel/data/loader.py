@@ -45,13 +45,16 @@ def back_to_back(text: str | None, sub: Subdiagram) -> bool:
 
 
 def hardware_profiles(directory: str | Path = DATA_DIR) -> dict[str, HardwareProfile]:
-    """Profiles for the hardware named in the data: as stored with it (e.g. a host CPU), else the
-    shipped profile of that name; hardware with neither is left out."""
+    """Profiles for the hardware named in the data: the shipped profile of that name where there
+    is one (`hardware_profiles/`, kept with a source for every figure), else as stored with the
+    data (a host CPU); hardware with neither is left out. A stored profile is a copy taken when the
+    rows were imported: a figure added or corrected since must reach training as it reaches
+    prediction, or a model learns from descriptors no target is priced with."""
+    known = set(list_profiles())
     out = {}
     for row in read_table("hardware", directory).itertuples():
-        if isinstance(row.profile_json, str):
+        if row.hardware not in known and isinstance(row.profile_json, str):
             out.setdefault(row.hardware, HardwareProfile.from_dict(json.loads(row.profile_json)))
-    known = set(list_profiles())
     for name in read_table("measurements", directory, columns=["hardware"])["hardware"].unique():
         if name not in out and name in known and name != "cpu":
             out[name] = load_profile(name)

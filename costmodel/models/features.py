@@ -135,12 +135,13 @@ def node_features(sub: Subdiagram) -> list[list[float]]:
 
 
 def machine_fill(sub: Subdiagram, hw: HardwareProfile) -> list[float]:
-    """How the kernel fills the machine, in units a new target interpolates within (log2):
-    its biggest vertex's FLOPs per compute unit; waves, the 128 x 128 tiles of its biggest
-    output per compute unit; how much of the last wave is idle (tiles launched in whole waves
-    over the tiles there are, at most 64); and the bytes its vertices move over the L2 size
-    (1 byte where a profile gives none). The roofline sees a kernel's size against peaks; these
-    see it against the machine's width, where small and odd-shaped kernels lose their speed."""
+    """How the kernel fills the machine, in units a new target interpolates within: log2 of
+    its biggest vertex's FLOPs per compute unit; log2 of its waves, the 128 x 128 tiles of its
+    biggest output per compute unit; how much of the last wave is idle, a plain ratio (tiles
+    launched in whole waves over the tiles there are, at most 64); and log2 of the bytes its
+    vertices move over the L2 size (1 byte where a profile gives none). The roofline sees a
+    kernel's size against peaks; these see it against the machine's width, where small and
+    odd-shaped kernels lose their speed."""
     units = math.log2(hw.compute_units)
     flops = max((_log2(v.flops) for v in sub.vertices), default=0.0)
     out = max((_log2(p.bytes) for p in sub.outputs), default=0.0)
@@ -152,7 +153,8 @@ def machine_fill(sub: Subdiagram, hw: HardwareProfile) -> list[float]:
 
 
 def graph_features(sub: Subdiagram, hw: HardwareProfile, config: KernelConfig | None = None,
-                   xla: dict | None = None) -> tuple[tuple[float, ...], list[float], list[float], list[float]]:
+                   xla: dict | None = None
+                   ) -> tuple[tuple[float, ...], list[float], list[float], list[float]]:
     """`to_data`'s graph-level rows: hw (the descriptors), config, roofline (log10 seconds), fill
     (`machine_fill`)."""
     compute, memory = Roofline().terms(sub, hw, config)
@@ -248,9 +250,14 @@ def sample_weights(y_ln_ms: torch.Tensor, kind: str) -> torch.Tensor:
     return w / w.mean()
 
 
+def ln_ms(log10_s):
+    """ln(milliseconds) from log10(seconds), the roofline rows' unit: for a tensor or an array."""
+    return log10_s * LN10 + math.log(1e3)
+
+
 def roofline_ln_ms(data: Data) -> torch.Tensor:
     """ln(milliseconds) of the roofline estimate carried in `data.roofline[:, 3]` (log10 seconds)."""
-    return data.roofline[:, 3] * LN10 + math.log(1e3)
+    return ln_ms(data.roofline[:, 3])
 
 
 @functools.cache

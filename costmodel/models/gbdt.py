@@ -14,7 +14,6 @@ walked with numpy, so a saved model loads with torch alone and no pickle is ever
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -86,15 +85,14 @@ def kernel_features(kernels: Sequence[tuple[Subdiagram, KernelConfig | None]], h
         ln.append(roofline[3])
     if not rows:
         return np.zeros((0, 0)), np.zeros(0)
-    return np.stack(rows), np.array(ln, dtype=np.float32).astype(np.float64) * features.LN10 + math.log(1e3)
+    return np.stack(rows), features.ln_ms(np.array(ln, dtype=np.float32).astype(np.float64))
 
 
 def roofline_ln(graphs: Sequence[Data]) -> np.ndarray:
     """ln(ms) of the roofline estimate each graph carries (`features.roofline_ln_ms`)."""
     if not graphs:
         return np.zeros(0)
-    log10_s = np.concatenate([g.roofline[:, 3].numpy() for g in graphs]).astype(np.float64)
-    return log10_s * features.LN10 + math.log(1e3)
+    return features.ln_ms(np.concatenate([g.roofline[:, 3].numpy() for g in graphs]).astype(np.float64))
 
 
 @dataclass(frozen=True)

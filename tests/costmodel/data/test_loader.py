@@ -65,3 +65,26 @@ def test_stored_diagrams_rebuild():
     assert [v.name for v in back.vertices] == [v.name for v in d.vertices]
     assert back.flops == d.flops and [v.output_shapes for v in back.vertices] == [v.output_shapes for v in d.vertices]
     assert sum(v.bytes_read for v in back.vertices) == sum(v.bytes_read for v in d.vertices)
+
+
+def test_shipped_profile_wins_over_a_stored_copy(tmp_path, capture):
+    """A stored profile is a copy from import time: for hardware the catalogue knows, training
+    reads the catalogue's figures (those a prediction is priced with); a stored profile serves only
+    hardware the catalogue lacks."""
+    import dataclasses
+
+    from costmodel.data.loader import hardware_profiles
+
+    write_some(tmp_path / "data", capture, n=2)
+    stale = dataclasses.replace(load_profile("p100"), shared_int_lanes_per_unit=0, boost_clock_mhz=None)
+    with ShardWriter(tmp_path / "data", source="host") as w:
+        w.add("hardware", {"hardware": "cpu-test", "kind": "cpu", "display_name": "t", "source": "host",
+                           "profile_json": json.dumps(load_profile("t4").to_dict())})
+        w.add("hardware", {"hardware": "p100-pcie-16gb", "kind": "gpu", "display_name": "P100",
+                           "source": "host", "profile_json": json.dumps(stale.to_dict())})
+        w.add("measurements", measurement_row(Provenance("host", "x", "Apache-2.0"), hardware="p100-pcie-16gb",
+                                              runtime_ms=1.0, key="p100"))
+    profiles = hardware_profiles(tmp_path / "data")
+    assert profiles["p100-pcie-16gb"] == load_profile("p100")
+    assert profiles["p100-pcie-16gb"].descriptor()["shared_int_fraction"] == 1.0
+    assert profiles["cpu-test"] == load_profile("t4")  # unknown to the catalogue: the stored copy
