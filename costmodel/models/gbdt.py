@@ -46,8 +46,8 @@ class GBDTConfig:
     weight: str = "time"
     # Whether it reads how a kernel fills the machine (`features.machine_fill`). Off: over the
     # three seeds of leave one GPU out it helped the A100 (11.5% -> 6.7%) and TpuGraphs' tile
-    # ranking (top-5 slowdown 16.5% -> 5.0%, random 14.9%), and hurt the T4 (8.1% -> 12.3%), the
-    # P4 and the V100: mean 13.8% against 12.8% (README, "Unseen hardware").
+    # ranking (top-5 slowdown 19.9% -> 5.0%, random 14.9%), and hurt the T4 (8.2% -> 12.3%), the
+    # P4 and the P100: mean 13.8% against 13.1% (README, "Unseen hardware").
     fill: bool = False
     seed: int = 0
 
