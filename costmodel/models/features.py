@@ -13,9 +13,10 @@ import functools
 import hashlib
 import inspect
 import math
+from collections.abc import Sequence
 
 import torch
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 
 from costmodel.hardware import profile
 from costmodel.hardware import HardwareProfile
@@ -153,15 +154,39 @@ def machine_fill(sub: Subdiagram, hw: HardwareProfile) -> list[float]:
 
 
 def graph_features(sub: Subdiagram, hw: HardwareProfile, config: KernelConfig | None = None,
-                   xla: dict | None = None
+                   xla: dict | None = None, *, fill: bool = True
                    ) -> tuple[tuple[float, ...], list[float], list[float], list[float]]:
     """`to_data`'s graph-level rows: hw (the descriptors), config, roofline (log10 seconds), fill
-    (`machine_fill`)."""
+    (`machine_fill`; empty with `fill` off, for a model that does not read it)."""
     compute, memory = Roofline().terms(sub, hw, config)
     launch = hw.launch_overhead_s
     roofline = [math.log10(compute + 1e-12), math.log10(memory + 1e-12), math.log10(launch + 1e-12),
                 math.log10(max(compute, memory) + launch)]
-    return _descriptor(hw), config_vector(config, xla), roofline, machine_fill(sub, hw)
+    return _descriptor(hw), config_vector(config, xla), roofline, machine_fill(sub, hw) if fill else []
+
+
+def edges(sub: Subdiagram) -> tuple[list[int], list[int], list[list[float]]]:
+    """`to_data`'s edges as (sources, destinations, attribute rows), nodes numbered as
+    `node_features` orders them: boundary input -> reading vertex and vertex -> vertex (log2 of
+    the bytes read, the argument position one-hot), vertex -> boundary output (log2 of its bytes,
+    position 0)."""
+    index = {v.name: i for i, v in enumerate(sub.vertices)}
+    first_input = len(sub.vertices)
+    inputs = {p.name: i for i, p in enumerate(sub.inputs, first_input)}
+    outputs = {p.name: (i, p.bytes) for i, p in enumerate(sub.outputs, first_input + len(sub.inputs))}
+    producer = {o: index[v.name] for v in sub.vertices for o in v.outputs}
+    src, dst, attr = [], [], []
+    for i, v in enumerate(sub.vertices):
+        for pos, (name, nbytes) in enumerate(zip(v.inputs, v.read_bytes)):
+            src.append(producer[name] if name in producer else inputs[name])
+            dst.append(i)
+            attr.append([_log2(nbytes)] + [1.0 if min(pos, 3) == k else 0.0 for k in range(4)])
+        for name in v.outputs:
+            if name in outputs:
+                src.append(i)
+                dst.append(outputs[name][0])
+                attr.append([_log2(outputs[name][1]), 1.0, 0.0, 0.0, 0.0])
+    return src, dst, attr
 
 
 def to_data(sub: Subdiagram, hw: HardwareProfile, config: KernelConfig | None = None,
@@ -169,33 +194,10 @@ def to_data(sub: Subdiagram, hw: HardwareProfile, config: KernelConfig | None = 
     """The kernel as a PyG graph with x (N, NODE_DIM), edge_index (2, E), edge_attr (E, EDGE_DIM),
     and graph attributes hw (1, H), config (1, CONFIG_DIM: the kernel config, then `xla`, a
     TpuGraphs program's compiler config), roofline (1, ROOFLINE_DIM), fill (1, FILL_DIM)."""
-    x = node_features(sub)
-    index: dict[tuple[str, str], int] = {}
-    for i, v in enumerate(sub.vertices):
-        index[("v", v.name)] = i
-    for i, p in enumerate(sub.inputs, len(sub.vertices)):
-        index[("in", p.name)] = i
-    for i, p in enumerate(sub.outputs, len(sub.vertices) + len(sub.inputs)):
-        index[("out", p.name)] = i
-
-    src, dst, attr = [], [], []
-    producer = {o: v.name for v in sub.vertices for o in v.outputs}
-    out_bytes = {p.name: p.bytes for p in sub.outputs}
-    for v in sub.vertices:
-        for pos, (name, nbytes) in enumerate(zip(v.inputs, v.read_bytes)):
-            origin = ("v", producer[name]) if name in producer else ("in", name)
-            src.append(index[origin])
-            dst.append(index[("v", v.name)])
-            attr.append([_log2(nbytes)] + [1.0 if min(pos, 3) == i else 0.0 for i in range(4)])
-        for name in v.outputs:
-            if name in out_bytes:
-                src.append(index[("v", v.name)])
-                dst.append(index[("out", name)])
-                attr.append([_log2(out_bytes[name]), 1.0, 0.0, 0.0, 0.0])
-
+    src, dst, attr = edges(sub)
     descriptor, config_row, roofline, fill = graph_features(sub, hw, config, xla)
     return Data(
-        x=torch.tensor(x, dtype=torch.float32),
+        x=torch.tensor(node_features(sub), dtype=torch.float32),
         edge_index=torch.tensor([src, dst], dtype=torch.long).reshape(2, -1),
         edge_attr=torch.tensor(attr, dtype=torch.float32).reshape(-1, EDGE_DIM),
         hw=torch.tensor([descriptor], dtype=torch.float32),
@@ -203,6 +205,41 @@ def to_data(sub: Subdiagram, hw: HardwareProfile, config: KernelConfig | None = 
         roofline=torch.tensor([roofline], dtype=torch.float32),
         fill=torch.tensor([fill], dtype=torch.float32),
         kernel_hash=sub.hash,
+    )
+
+
+def to_batch(kernels: Sequence[tuple[Subdiagram, KernelConfig | None]], hw: HardwareProfile) -> Batch:
+    """`Batch.from_data_list` of the (subdiagram, config) pairs' `to_data` graphs on `hw`, built
+    from plain lists in one go: no graph or tensor per kernel (prediction's path; training reads
+    cached graphs)."""
+    x: list[list[float]] = []
+    src: list[int] = []
+    dst: list[int] = []
+    attr: list[list[float]] = []
+    graph: list[list] = [[], [], [], []]  # hw, config, roofline, fill
+    ptr, counts = [0], []
+    for sub, config in kernels:
+        offset = len(x)
+        x += node_features(sub)
+        s, d, a = edges(sub)
+        src += [offset + i for i in s]
+        dst += [offset + i for i in d]
+        attr += a
+        for rows, row in zip(graph, graph_features(sub, hw, config)):
+            rows.append(row)
+        ptr.append(len(x))
+        counts.append(len(x) - offset)
+    return Batch(
+        x=torch.tensor(x, dtype=torch.float32).reshape(-1, NODE_DIM),
+        edge_index=torch.tensor([src, dst], dtype=torch.long).reshape(2, -1),
+        edge_attr=torch.tensor(attr, dtype=torch.float32).reshape(-1, EDGE_DIM),
+        hw=torch.tensor(graph[0], dtype=torch.float32).reshape(-1, len(_descriptor(hw))),
+        config=torch.tensor(graph[1], dtype=torch.float32).reshape(-1, CONFIG_DIM),
+        roofline=torch.tensor(graph[2], dtype=torch.float32).reshape(-1, ROOFLINE_DIM),
+        fill=torch.tensor(graph[3], dtype=torch.float32).reshape(-1, FILL_DIM),
+        kernel_hash=[sub.hash for sub, _ in kernels],
+        batch=torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long)),
+        ptr=torch.tensor(ptr, dtype=torch.long),
     )
 
 

@@ -75,13 +75,12 @@ def kernel_features(kernels: Sequence[tuple[Subdiagram, KernelConfig | None]], h
     """`flat_features` and `roofline_ln` of the graphs `features.to_data` would build for
     (subdiagram, config) pairs on `hw`, without building them (no edges, no tensors)."""
     cols = list(features.hardware_columns(hardware))
-    cut = features.FILL_DIM * fill
     rows, ln = [], []
     for sub, config in kernels:
-        descriptor, config_row, roofline, machine = features.graph_features(sub, hw, config)
+        descriptor, config_row, roofline, machine = features.graph_features(sub, hw, config, fill=fill)
         rows.append(_row(np.array(features.node_features(sub), dtype=np.float32),
                          np.array(descriptor, dtype=np.float32)[cols],
-                         *(np.array(r, dtype=np.float32) for r in (config_row, roofline, machine[:cut]))))
+                         *(np.array(r, dtype=np.float32) for r in (config_row, roofline, machine))))
         ln.append(roofline[3])
     if not rows:
         return np.zeros((0, 0)), np.zeros(0)

@@ -19,7 +19,7 @@ Two guards keep it from extrapolating wildly on hardware unlike its training GPU
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,6 +36,9 @@ from torch_geometric.nn import (
 )
 
 from costmodel.errors import UserError
+from costmodel.hardware import HardwareProfile
+from costmodel.ir.diagram import Subdiagram
+from costmodel.ir.plan import KernelConfig
 from costmodel.models import features
 from costmodel.models.base import Composition
 from costmodel.models.learned import GraphCostModel
@@ -172,12 +175,21 @@ class GNNCostModel(GraphCostModel):
         return (" (the network sees the nearest descriptors it was trained on, the roofline terms "
                 "the target's own)") if self.normaliser.lo else ""
 
-    @torch.no_grad()
     def predict_ln(self, graphs: Sequence[Data], batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) over the ensemble of ln(ms), one per graph."""
+        return self._predict_batches(Batch.from_data_list(list(graphs[start:start + batch_size]))
+                                     for start in range(0, len(graphs), batch_size))
+
+    def predict_kernels(self, kernels: Sequence[tuple[Subdiagram, KernelConfig | None]],
+                        hw: HardwareProfile, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """As `predict_ln` of their graphs, batched straight from the kernels (`features.to_batch`)."""
+        return self._predict_batches(features.to_batch(kernels[start:start + batch_size], hw)
+                                     for start in range(0, len(kernels), batch_size))
+
+    @torch.no_grad()
+    def _predict_batches(self, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray]:
         means, stds = [], []
-        for start in range(0, len(graphs), batch_size):
-            batch = Batch.from_data_list(list(graphs[start:start + batch_size]))
+        for batch in batches:
             hw = self.normaliser(batch.hw)
             preds = torch.stack([m(batch, hw) for m in self.members])  # (M, G)
             means.append(preds.mean(0))

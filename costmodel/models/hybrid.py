@@ -16,6 +16,9 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from costmodel.hardware import HardwareProfile
+from costmodel.ir.diagram import Subdiagram
+from costmodel.ir.plan import KernelConfig
 from costmodel.models.base import Composition
 from costmodel.models.gbdt import GBDTCostModel
 from costmodel.models.gnn import GNNCostModel
@@ -40,6 +43,16 @@ class HybridCostModel(GraphCostModel):
     def predict_ln(self, graphs: Sequence[Data]) -> tuple[np.ndarray, np.ndarray]:
         a, spread = self.gnn.predict_ln(graphs)
         b, _ = self.gbdt.predict_ln(graphs)
+        return self._mean(a, spread, b)
+
+    def predict_kernels(self, kernels: Sequence[tuple[Subdiagram, KernelConfig | None]],
+                        hw: HardwareProfile) -> tuple[np.ndarray, np.ndarray]:
+        a, spread = self.gnn.predict_kernels(kernels, hw)
+        b, _ = self.gbdt.predict_kernels(kernels, hw)
+        return self._mean(a, spread, b)
+
+    @staticmethod
+    def _mean(a: np.ndarray, spread: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return 0.5 * (a + b), np.sqrt(spread ** 2 + (0.5 * (a - b)) ** 2)
 
     def save(self, path: str | Path) -> None:

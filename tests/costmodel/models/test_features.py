@@ -105,3 +105,27 @@ def test_machine_fill_counts_waves_against_the_machine(capture):
     # The same kernel on a narrower GPU: more work per unit, more waves, the L2 smaller.
     narrow = machine_fill(sub, t4)
     assert narrow[0] > fill[0] and narrow[1] > fill[1] and narrow[3] > fill[3]
+
+
+def test_a_batch_built_from_the_kernels_equals_the_collated_graphs(capture):
+    """Prediction batches kernels without a graph each (`to_batch`); training collates graphs."""
+    from torch_geometric.data import Batch
+
+    from costmodel.models.features import to_batch
+
+    d = capture("bert-base", 2, 32)
+    fc1 = [v.name for v in d.vertices if v.kind == "matmul"][4]
+    gelu = next(v.name for v in d.vertices if v.kind == "gelu")
+    fused = [k.subdiagram for k in Plan((Fuse((fc1, gelu)),)).kernels(d)]
+    tile = KernelConfig(64, 64, 32, 4, 3)
+    kernels = [(s, tile if i % 4 == 0 else None) for i, s in enumerate([*fused, *eager_partition(d)])]
+    assert any(len(s.vertices) > 1 for s, _ in kernels)
+    hw = load_profile("t4")
+    built = to_batch(kernels, hw)
+    collated = Batch.from_data_list([to_data(s, hw, c) for s, c in kernels])
+    for key in ("x", "edge_index", "edge_attr", "hw", "config", "roofline", "fill", "batch", "ptr"):
+        assert built[key].dtype == collated[key].dtype, key
+        assert torch.equal(built[key], collated[key]), key
+    assert built.kernel_hash == collated.kernel_hash and built.num_graphs == len(kernels)
+    empty = to_batch([], hw)
+    assert empty.x.shape == (0, NODE_DIM) and empty.hw.shape[0] == 0

@@ -10,7 +10,7 @@ from costmodel.models import features
 from costmodel.models.features import to_data
 from costmodel.models.gnn import GNNConfig, GNNCostModel, Normaliser
 from costmodel.hardware import load_profile
-from costmodel.ir.plan import Fuse, Plan
+from costmodel.ir.plan import Fuse, Plan, eager_partition
 from costmodel.models.train import group_batches, ranking_loss, train
 
 from .test_base import CostModelContract
@@ -227,3 +227,18 @@ def test_a_checkpoint_records_its_feature_code(trained, capture, tmp_path):
     torch.save(doc, tmp_path / "old.pt")
     old = GNNCostModel.load(tmp_path / "old.pt").predict_plan(d, "a100").warnings
     assert any("does not record the feature code" in w for w in old)
+
+
+def test_kernels_price_as_their_graphs(trained, capture):
+    """`predict_kernels` batches the kernels directly; `predict_ln` reads their graphs."""
+    from costmodel.ir.plan import KernelConfig
+
+    subs = eager_partition(capture("gpt2", 2, 64))
+    tile = KernelConfig(block_m=64, block_n=128, block_k=32, num_warps=4, num_stages=3)
+    kernels = [(s, tile if i % 3 == 0 else None) for i, s in enumerate(subs)]
+    hw = load_profile("t4")
+    direct = trained.predict_kernels(kernels, hw, batch_size=50)
+    graphs = trained.predict_ln([to_data(s, hw, c) for s, c in kernels])
+    for a, b in zip(direct, graphs):
+        assert np.allclose(a, b, atol=1e-6)
+    assert [len(a) for a in trained.predict_kernels([], hw)] == [0, 0]
