@@ -296,9 +296,14 @@ def test_budget_is_respected(tiny, tmp_path):
             time.sleep(0.02)
             return super()._measure(request)
 
-    counts = measure(tiny, target=Slow(), root=tmp_path, progress=False, budget_s=1.0)
+    # The budget counts the setup (listing the requests) too, which takes seconds on a slow
+    # machine: give it one second past what the setup took here, measured with a zero budget.
+    setup = measure(tiny, target=Slow(), root=tmp_path / "setup", progress=False, budget_s=0.0)
+    assert setup["measured"] == 0 and setup["remaining"] == setup["requests"]
+    budget = setup["seconds"] + 1.0
+    counts = measure(tiny, target=Slow(), root=tmp_path, progress=False, budget_s=budget)
     assert counts["remaining"] > 0 and 0 < counts["measured"] < counts["requests"]
-    assert counts["seconds"] < 1.0 + 0.2  # at most one request past the budget
+    assert counts["seconds"] < budget + 0.2  # at most one request past the budget
     assert len(rows(tmp_path)) == counts["measured"]
 
 
