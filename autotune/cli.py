@@ -201,15 +201,17 @@ def _main(argv: Sequence[str]) -> int:
     from autotune.priors import load_prior
     from autotune.search import plan_document, search
 
-    out = writable_folder(args.out)  # before the capture and the search: nobody waits to learn it
+    # The folder, the prior and the storage before the capture and the search: nobody waits to
+    # learn that one of them is wrong.
+    out = writable_folder(args.out)
     prior = load_prior(args.prior)
-    space, cost_model = _build(args.model, args.batch, args.seq, args.dtype, args.target,
-                               args.cost_model, args.attention)
-    runner = _measure_runner(space.target, args.measure) if args.measure else None
-    name = study_name(args, space.diagram.hash, cost_model.key)
     storage, lock = open_storage(args.storage, out)
-    trials = 10**9 if args.time_budget else args.trials
     try:
+        space, cost_model = _build(args.model, args.batch, args.seq, args.dtype, args.target,
+                                   args.cost_model, args.attention)
+        runner = _measure_runner(space.target, args.measure) if args.measure else None
+        name = study_name(args, space.diagram.hash, cost_model.key)
+        trials = 10**9 if args.time_budget else args.trials
         result = search(space, cost_model, trials=trials, seed=args.seed, progress=not args.quiet,
                         suggestions=lambda: prior.suggest(space, 8), storage=storage,
                         study_name=name, sampler=args.sampler, time_budget=args.time_budget,

@@ -21,18 +21,23 @@ from costmodel.ir.plan import Plan
 from costmodel.models.base import CostModel, PlanCost
 
 
-def check_plan(doc: Mapping, diagram: Diagram, target: HardwareProfile) -> None:
-    """Raise UserError unless a plan document (plan.json) was made for this diagram (model,
-    batch, seq, dtype) and this target."""
+def check_plan_target(doc: Mapping, target: HardwareProfile) -> None:
+    """Raise UserError unless a plan document (plan.json) was tuned for this target (checked
+    before the capture: it needs no diagram)."""
+    tuned = doc.get("target")
+    if tuned not in (None, target.name):
+        raise UserError(f"the plan was tuned for {tuned}, not {target.name}; its tiles and fusions "
+                        f"are that target's: use --target {tuned}, or tune for {target.name}")
+
+
+def check_plan_diagram(doc: Mapping, diagram: Diagram) -> None:
+    """Raise UserError unless a plan document was made for this diagram (model, batch, seq,
+    dtype, attention)."""
     made_for = doc.get("diagram_hash")
     if made_for not in (None, diagram.hash):
         raise UserError(f"the plan was made for diagram {made_for}, not this one ({diagram.hash}); "
                         f"use the model, batch, seq and dtype it was tuned for "
                         f"({doc.get('model')} {doc.get('batch')}x{doc.get('seq')} {doc.get('dtype')})")
-    tuned = doc.get("target")
-    if tuned not in (None, target.name):
-        raise UserError(f"the plan was tuned for {tuned}, not {target.name}; its tiles and fusions "
-                        f"are that target's: use --target {tuned}, or tune for {target.name}")
 
 
 def price(cost_model: CostModel, diagram: Diagram, target: HardwareProfile,
@@ -82,8 +87,10 @@ def predict(cost_model: CostModel, model: str, target: str | HardwareProfile, *,
     from costmodel.ir.zoo import capture_model
 
     hw = load_profile(target) if isinstance(target, str) else target
-    hw.peak(dtype)  # a dtype the target has not is said before the capture
+    hw.peak(dtype)  # a dtype the target has not, or a plan for another, is said before the capture
+    if plan_doc is not None:
+        check_plan_target(plan_doc, hw)
     d = diagram or capture_model(model, batch, seq, dtype, attention=attention)
     if plan_doc is not None:
-        check_plan(plan_doc, d, hw)
+        check_plan_diagram(plan_doc, d)
     return prediction(price(cost_model, d, hw, plan), d, plan=plan_name)

@@ -74,11 +74,13 @@ def test_bad_plans(configs, decision, needle):
     one_line_exit_2(run("costmodel", "predict", "--target", "a100", "--model", "gpt2", "--plan", plan), needle)
 
 
-def test_a_plan_for_another_target_is_refused(tmp_path):
-    out = tmp_path / "out"
-    assert run("autotune", "--target", "a100", "--trials", "3", "--cost-model", "roofline", "--quiet",
-               "--out", str(out)).returncode == 0
-    one_line_exit_2(run("costmodel", "predict", "--model", "bert-base", "--target", "p4",
+def test_a_plan_for_another_target_is_refused(configs, tmp_path):
+    from costmodel.ir.zoo import tiny_config
+
+    model, out = configs("tiny-bert.json", tiny_config("bert-base", 2)), tmp_path / "out"
+    assert run("autotune", "--target", "a100", "--model", model, "--seq", "32", "--trials", "3",
+               "--cost-model", "roofline", "--quiet", "--out", str(out)).returncode == 0
+    one_line_exit_2(run("costmodel", "predict", "--model", model, "--seq", "32", "--target", "p4",
                         "--plan", str(out / "plan.json"), "--cost-model", "roofline"),
                     "tuned for a100-sxm4-80gb, not p4")
 
@@ -101,6 +103,21 @@ def test_a_storage_password_is_never_echoed(tmp_path):
             "--storage", "postgresql://user:s3cret@127.0.0.1:1/db")
     one_line_exit_2(r, "cannot open storage")
     assert "s3cret" not in r.stderr and "user:***@" in r.stderr
+
+
+def test_a_plan_for_another_target_is_refused_before_the_capture(configs):
+    model = configs("odd.json", {"model_type": "no_such_model_type"})  # capturing it would fail
+    plan = configs("plan.json", {"target": "a100-sxm4-80gb", "decisions": []})
+    one_line_exit_2(run("costmodel", "predict", "--model", model, "--target", "p4", "--plan", plan,
+                        "--cost-model", "roofline"), "tuned for a100-sxm4-80gb, not p4")
+
+
+def test_the_storage_is_opened_before_the_capture(configs, tmp_path):
+    """A model that cannot be built and a storage that cannot be opened: the storage is said,
+    as nothing was captured first (nobody waits through a capture to learn the URL is wrong)."""
+    model = configs("odd.json", {"model_type": "no_such_model_type"})
+    one_line_exit_2(run("autotune", "--target", "a100", "--model", model, "--out", str(tmp_path / "out"),
+                        "--storage", "postgresql://user@127.0.0.1:1/db"), "cannot open storage")
 
 
 def test_a_file_that_is_not_gguf(configs):
