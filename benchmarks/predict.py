@@ -4,7 +4,9 @@
 
 Each row runs the real command line in a fresh subprocess (imports, capture on meta tensors,
 pricing) and reports the median wall time over the repeats and the peak resident memory of the
-child (ru_maxrss). Targets from issue 2: bert-large 8x512 on h100 in under 10 s and well under
+child (ru_maxrss). The first row, a process that only imports torch, is the floor every command
+stands on: compare runs of other days by their ratio to it (these machines are shared, and a
+slow day moves every row). Targets from issue 2: bert-large 8x512 on h100 in under 10 s and well under
 1.5 GB; `autotune --target a100` on bert-base in well under a minute.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import time
 
 CASES = [
+    ("import torch (the floor)", ["python", "-c", "import torch"]),
     ("predict bert-large 8x512 h100", ["costmodel", "predict", "--model", "bert-large", "--batch", "8",
                                        "--seq", "512", "--target", "h100", "--json"]),
     ("predict gpt2-large 4x1024 a100", ["costmodel", "predict", "--model", "gpt2-large", "--batch", "4",
@@ -32,9 +35,12 @@ CASES = [
 
 def run(argv: list[str]) -> tuple[float, float]:
     """(seconds, peak resident MB) of one run of a console script in its own child process."""
-    module = {"costmodel": "costmodel.cli", "autotune": "autotune.cli"}[argv[0]]
-    cmd = [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main(sys.argv[1:]))",
-           *argv[1:]]
+    if argv[0] == "python":
+        cmd = [sys.executable, *argv[1:]]
+    else:
+        module = {"costmodel": "costmodel.cli", "autotune": "autotune.cli"}[argv[0]]
+        cmd = [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main(sys.argv[1:]))",
+               *argv[1:]]
     start = time.perf_counter()
     child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -52,14 +58,17 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
           f"median of {args.repeats} cold runs")
-    print(f"{'case':<38} {'median s':>9} {'min s':>7} {'peak MB':>8}")
+    print(f"{'case':<38} {'median s':>9} {'min s':>7} {'peak MB':>8} {'x floor':>8}")
+    floor = None
     for name, argv in CASES:
         times, peaks = [], []
         for _ in range(args.repeats):
             seconds, peak = run(argv)
             times.append(seconds)
             peaks.append(peak)
-        print(f"{name:<38} {statistics.median(times):>9.2f} {min(times):>7.2f} {max(peaks):>8.0f}")
+        median = statistics.median(times)
+        floor = floor or median
+        print(f"{name:<38} {median:>9.2f} {min(times):>7.2f} {max(peaks):>8.0f} {median / floor:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,83 @@
+"""How kernel times add up to whole-model times, held-out model families: one table.
+
+    python benchmarks/composition.py [--method gbdt] [--seed 0] [--release datasets/releases/0.1]
+
+Leave one model family out (`costmodel eval --protocol leave-one-model-out`): the method is
+trained without the family's kernels, then each of the family's whole models is priced as its
+kernels' sum composed three ways, each fitted on the other families' whole models:
+- global: `Composition` (a * sum + b * launches) over every GPU's models (what the shipped
+  models and the report use);
+- per GPU: the same fit on the models of the workload's own GPU only;
+- scale per GPU: a * sum alone, a fitted per GPU (one parameter, not two);
+and with none (a = 1, b = 0). Whole-model MAPE per family, and the mean.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from costmodel.data.schema import DATASETS_DIR  # noqa: E402
+from costmodel.models.base import Composition  # noqa: E402
+from costmodel.models.evaluate import fit_methods  # noqa: E402
+from costmodel.models.examples import model_workloads, workload_sums  # noqa: E402
+from costmodel.models.gnn import GNNConfig  # noqa: E402
+from costmodel.models.train import training_graphs  # noqa: E402
+
+WAYS = ("global", "per GPU", "scale per GPU", "none")
+
+
+def errors(totals: np.ndarray, launches: np.ndarray, measured: np.ndarray, hardware: list[str],
+           test: tuple[np.ndarray, np.ndarray, np.ndarray], test_hardware: list[str]) -> dict[str, np.ndarray]:
+    """Signed relative error of each test workload under each way of composing (`WAYS`)."""
+    t, n, m = test
+    overall = Composition.fit(totals, launches, measured)
+    out = {way: np.zeros(len(m)) for way in WAYS}
+    for i, h in enumerate(test_hardware):
+        same = np.array([g == h for g in hardware])
+        own = Composition.fit(totals[same], launches[same], measured[same])
+        r = totals[same] / measured[same]
+        scale = float(r.sum() / (r * r).sum()) if len(r) else 1.0  # least squares of a * r = 1
+        predicted = {"global": overall(t[i:i + 1], n[i:i + 1])[0], "per GPU": own(t[i:i + 1], n[i:i + 1])[0],
+                     "scale per GPU": scale * t[i], "none": t[i]}
+        for way in WAYS:
+            out[way][i] = predicted[way] / m[i] - 1
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--method", default="gbdt", choices=("gnn", "gbdt", "roofline"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--release", default="datasets/releases/0.1")
+    args = parser.parse_args(argv)
+    release = Path(args.release)
+    graphs = training_graphs(release, DATASETS_DIR / "cache", progress=False)
+    workloads = model_workloads(release)
+    cfg = GNNConfig(epochs=6, members=1, seed=args.seed)
+    print(f"whole-model MAPE, {args.method} seed {args.seed}, leave one model family out, {release}")
+    print("| held out | models | " + " | ".join(WAYS) + " |")
+    print("|---|---:|" + "---:|" * len(WAYS))
+    means = {way: [] for way in WAYS}
+    for family in sorted({w.family for w in workloads}):
+        held = {w.diagram_hash for w in workloads if w.family == family}
+        fn = fit_methods([g for g in graphs if g.diagram_hash not in held], cfg, [args.method])[args.method]
+        train_w = [w for w in workloads if w.family != family]
+        test_w = [w for w in workloads if w.family == family]
+        err = errors(*workload_sums(fn, train_w), [w.hardware for w in train_w],
+                     workload_sums(fn, test_w), [w.hardware for w in test_w])
+        cells = []
+        for way in WAYS:
+            means[way].append(float(np.mean(np.abs(err[way]))))
+            cells.append(f"{100 * means[way][-1]:.1f}%")
+        print(f"| {family} | {len(test_w)} | " + " | ".join(cells) + " |", flush=True)
+    print("| mean | | " + " | ".join(f"{100 * np.mean(means[w]):.1f}%" for w in WAYS) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
