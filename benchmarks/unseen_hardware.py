@@ -204,22 +204,31 @@ def _ranking_table(runs: list[dict]) -> list[str]:
 
 
 def _targets(runs: list[dict], shipped: dict) -> list[str]:
-    """The issue's targets, checked on the model we ship as the default (DEFAULT_COST_MODEL)."""
+    """The issue's targets, checked on the model we ship as the default (DEFAULT_COST_MODEL), and
+    how far each missed one is (points of MAPE over its limit); then the issue's GNN target as
+    written: the GNN ahead of the GBDT and the roofline on every GPU's fold."""
     def mean(key, fold, m, field="model_mape"):
         return statistics.fmean(r[key][fold][field][m] for r in runs)
 
+    def over(figure: float, limit: float) -> str:
+        return f"{100 * (figure - limit):.1f} points over" if figure > limit else ""
+
     best, methods = DEFAULT_COST_MODEL, runs[0]["methods"]
     rivals = [m for m in ("gnn", "gbdt", "roofline") if m in methods and m != best]
-    lines = ["### Targets", "", f"Checked on the default cost model, `{best}`.", "",
-             "| target | figure | met |", "|---|---|---|"]
+    lines = ["### Targets", "", f"Checked on the default cost model, `{best}`. What was tried to get here, "
+             "each kept or dropped by these protocols, with its command and figures: README, \"Unseen "
+             "hardware\".", "", "| target | figure | met | missed by |", "|---|---|---|---|"]
     ship = shipped.get(best)
     if ship:
+        worst = max(ship["neusight_mape"], ship["zoo_mape"])
+        biased = not (ship["too_fast"] and ship["too_slow"])
         lines.append(f"| H100, NeuSight's and the zoo's whole models: MAPE <= 5%, no sign bias | "
                      f"shipped {best} {100 * ship['neusight_mape']:.1f}% / {100 * ship['zoo_mape']:.1f}%, "
                      f"{ship['too_fast']} too fast, {ship['too_slow']} too slow | "
-                     f"{'yes' if max(ship['neusight_mape'], ship['zoo_mape']) <= 0.05 and ship['too_fast'] and ship['too_slow'] else 'no'} |")
+                     f"{'yes' if worst <= 0.05 and not biased else 'no'} | "
+                     f"{'; '.join(x for x in (over(worst, 0.05), 'one sign' if biased else '') if x)} |")
         lines.append(f"| H100 kernel MAPE <= 15% | shipped {best} {100 * ship['kernel_mape']:.1f}% | "
-                     f"{'yes' if ship['kernel_mape'] <= 0.15 else 'no'} |")
+                     f"{'yes' if ship['kernel_mape'] <= 0.15 else 'no'} | {over(ship['kernel_mape'], 0.15)} |")
     if best not in methods:
         return lines + [""]
     for fold in runs[0]["logo"]:
@@ -228,12 +237,23 @@ def _targets(runs: list[dict], shipped: dict) -> list[str]:
         spread = max(r["logo"][fold]["model_mape"][best] for r in runs) - \
             min(r["logo"][fold]["model_mape"][best] for r in runs)
         ahead = all(g < mean("logo", fold, m) for m in rivals)
+        gap = [over(g, limit), f"spread {100 * (spread - 0.03):.1f} points over" if spread >= 0.03 else "",
+               "" if ahead else "behind"]
         lines.append(f"| leave out {fold}: {best} <= {100 * limit:.0f}%, spread < 3 points, ahead of "
                      f"{', '.join(rivals)} | {100 * g:.1f}%, spread {100 * spread:.1f}, "
-                     f"{'ahead' if ahead else 'not ahead'} | {'yes' if g <= limit and spread < 0.03 and ahead else 'no'} |")
+                     f"{'ahead' if ahead else 'not ahead'} | {'yes' if g <= limit and spread < 0.03 and ahead else 'no'} | "
+                     f"{'; '.join(x for x in gap if x)} |")
     for fam in runs[0]["lomo"]:
         g = mean("lomo", fam, best)
-        lines.append(f"| leave out {fam}: {best} <= 4% | {100 * g:.1f}% | {'yes' if g <= 0.04 else 'no'} |")
+        lines.append(f"| leave out {fam}: {best} <= 4% | {100 * g:.1f}% | {'yes' if g <= 0.04 else 'no'} | "
+                     f"{over(g, 0.04)} |")
+    if {"gnn", "gbdt", "roofline"} <= set(methods):
+        folds = list(runs[0]["logo"])
+        ahead = [f for f in folds if all(mean("logo", f, "gnn") < mean("logo", f, m) for m in ("gbdt", "roofline"))]
+        lines.append(f"| leave one GPU out: the GNN ahead of the GBDT and the roofline on every fold | "
+                     f"ahead on {len(ahead)} of {len(folds)}{': ' + ', '.join(ahead) if ahead else ''} | "
+                     f"{'yes' if len(ahead) == len(folds) else 'no'} | "
+                     f"{'' if len(ahead) == len(folds) else f'behind on {len(folds) - len(ahead)}'} |")
     return lines + [""]
 
 
@@ -252,8 +272,8 @@ def render(runs: list[dict], shipped: dict, meta: dict,
         lines.append("- hybrid: the mean of the GNN's and the GBDT's ln(ms)")
     left_out = [m for m in METHODS if m not in runs[0]["methods"]]
     if left_out:
-        lines += ["", f"Not in this run (`--methods`): {', '.join(left_out)}. What was tried to get "
-                  "here, and each model's figures by `costmodel eval`: README, \"Unseen hardware\"."]
+        lines += ["", f"Not in this run (`--methods`): {', '.join(left_out)}; each model's figures by "
+                  "`costmodel eval`: README, \"Unseen hardware\"."]
     lines.append("")
     lines += _targets(runs, shipped)
     lines += _fold_table(runs, "logo", "Leave one GPU out")
