@@ -9,10 +9,12 @@ fills the machine: work, waves and bytes per compute unit and per L2). Sizes ent
 """
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import inspect
 import math
+import textwrap
 from collections.abc import Sequence
 
 import torch
@@ -297,14 +299,26 @@ def roofline_ln_ms(data: Data) -> torch.Tensor:
     return ln_ms(data.roofline[:, 3])
 
 
+def syntax(source: str) -> str:
+    """Python source as its syntax tree, docstrings left out: what the code computes, not how it
+    is laid out or explained (a comment, a docstring or a line break moves no hash)."""
+    tree = ast.parse(textwrap.dedent(source))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 @functools.cache
 def code_hash() -> str:
     """A hash of the code that turns a kernel into its graph: this module, the roofline terms
-    and the rule book they read, and the hardware descriptors. A checkpoint records it; a model
-    loaded under another hash was trained on features that meant something else."""
+    and the rule book they read, and the hardware descriptors, as syntax (`syntax`: editing a
+    comment or a docstring keeps it). A checkpoint records it; a model loaded under another hash
+    was trained on features that meant something else."""
     import sys
 
-    parts = [inspect.getsource(sys.modules[__name__]), inspect.getsource(roofline),
-             inspect.getsource(rules), inspect.getsource(profile.HardwareProfile.descriptor),
-             inspect.getsource(profile._put)]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+    parts = [sys.modules[__name__], roofline, rules, profile.HardwareProfile.descriptor, profile._put]
+    return hashlib.sha256("\n".join(syntax(inspect.getsource(p)) for p in parts).encode()).hexdigest()[:12]

@@ -1,6 +1,6 @@
 """The unseen-hardware report's targets table: what is met says so, what is missed says by how
 much, and the GNN's own target is read as the issue writes it."""
-from benchmarks.unseen_hardware import DEFAULT_COST_MODEL, _targets
+from benchmarks.unseen_hardware import DEFAULT_COST_MODEL, _rescored, _targets
 
 
 def _run(p4_gbdt: float, a100: dict) -> dict:
@@ -27,3 +27,11 @@ def test_targets_say_what_is_met_and_by_how_much_the_rest_is_missed():
     assert rows["leave out bert_large: gbdt <= 4%"].endswith("| yes |  |")
     gnn = rows["leave one GPU out: the GNN ahead of the GBDT and the roofline on every fold"]
     assert "ahead on 1 of 2: a100-pcie-40gb | no | behind on 1 |" in gnn
+
+
+def test_shipped_rows_scored_after_the_run_are_said_so():
+    assert _rescored({"command": "python benchmarks/unseen_hardware.py"}) == ""
+    note = _rescored({"shipped_rescored": {"command": "python benchmarks/unseen_hardware.py --render r.json "
+                                                      "--rescore-shipped", "date": "2026-12-03",
+                                           "checkpoints": {"gnn": "gnn-a.pt"}}})
+    assert "except the rows of the shipped checkpoints (`gnn-a.pt`)" in note and "2026-12-03" in note

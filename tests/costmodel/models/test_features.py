@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch_geometric.loader import DataLoader
 
+from costmodel.models import features
 from costmodel.models.features import CONFIG_DIM, EDGE_DIM, NODE_DIM, ROOFLINE_DIM, to_data
 from costmodel.hardware import load_profile
 from costmodel.ir.plan import Fuse, KernelConfig, Plan, eager_partition
@@ -129,3 +130,22 @@ def test_a_batch_built_from_the_kernels_equals_the_collated_graphs(capture):
     assert built.kernel_hash == collated.kernel_hash and built.num_graphs == len(kernels)
     empty = to_batch([], hw)
     assert empty.x.shape == (0, NODE_DIM) and empty.hw.shape[0] == 0
+
+
+def test_the_feature_code_hash_reads_code_not_comments():
+    code = '''
+def f(x):
+    """Twice x."""
+    return 2 * x  # doubled
+'''
+    explained = '''
+def f(x):
+    """Twice x, as the rule book says: a longer docstring."""
+
+    # a comment on its own line
+    return 2 * x
+'''
+    changed = code.replace("2 * x", "3 * x")
+    assert features.syntax(code) == features.syntax(explained)
+    assert features.syntax(code) != features.syntax(changed)
+    assert features.syntax("    def g():\n        return 1\n") == features.syntax("def g():\n    return 1\n")
