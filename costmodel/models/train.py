@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import random
 import time
 from collections import defaultdict
@@ -115,6 +116,16 @@ def fit_composition(model: GraphCostModel, data: str | Path) -> Composition:
     return Composition.fit(*workload_sums(lambda gs: model.predict_ln(gs)[0], model_workloads(data)))
 
 
+def environment() -> dict[str, str]:
+    """The versions a training's weights depend on, which a checkpoint records: the same data,
+    config and seed in another set-up can train other weights (a GNN retrained in a fresh install
+    on 2026-12-03 did: README), so a checkpoint says what it was made with."""
+    from importlib import metadata
+
+    return {"python": platform.python_version(),
+            **{p: metadata.version(p) for p in ("torch", "torch_geometric", "numpy", "scikit-learn")}}
+
+
 def train_checkpoint(kind: str, data: Path, cfg: GNNConfig | GBDTConfig, out: Path, *,
                      gbdt: GBDTConfig | None = None, make_default: bool = False,
                      progress: bool = True) -> tuple[GraphCostModel, Path, float]:
@@ -128,7 +139,7 @@ def train_checkpoint(kind: str, data: Path, cfg: GNNConfig | GBDTConfig, out: Pa
     start = time.perf_counter()
     trained_on = {"data": data.name, "fingerprint": fingerprint(data),
                   "hardware": sorted({g.hardware for g in graphs}), "examples": len(graphs),
-                  "features_hash": features.code_hash()}
+                  "features_hash": features.code_hash(), "environment": environment()}
     if kind == "gnn":
         model: GraphCostModel = train(graphs, cfg, progress=progress, trained_on=trained_on)
     elif kind == "gbdt":

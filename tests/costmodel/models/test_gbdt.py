@@ -103,3 +103,17 @@ def test_rows_from_kernels_equal_rows_from_their_graphs(fitted, capture):
             assert np.array_equal(ln, roofline_ln(graphs))
     assert flat_features(graphs, "none", True).shape[1] == flat_features(graphs, "none").shape[1] + 4
     assert np.array_equal(fitted.predict_kernels(kernels, hw)[0], fitted.predict_ln(graphs)[0])
+
+
+def test_a_checkpoint_records_the_versions_it_was_trained_with():
+    import platform
+    from importlib import metadata
+
+    import sklearn
+
+    from costmodel.models.train import environment
+
+    env = environment()
+    assert env["python"] == platform.python_version() and env["torch"] == torch.__version__
+    assert env["scikit-learn"] == sklearn.__version__ and env["numpy"] == metadata.version("numpy")
+    assert set(env) == {"python", "torch", "torch_geometric", "numpy", "scikit-learn"}
