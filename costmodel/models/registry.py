@@ -68,9 +68,11 @@ def load_cost_model(spec: str | CostModel = DEFAULT_COST_MODEL) -> CostModel:
     saved file (a roofline's JSON, a learned model's checkpoint), or an instance."""
     if isinstance(spec, CostModel):
         return spec
+    if spec == "roofline":  # without the learned models' imports (torch_geometric: seconds)
+        from costmodel.models.roofline import Roofline
+
+        return Roofline()
     classes = _classes()
-    if spec == "roofline":
-        return classes["roofline"]()
     if spec in LEARNED:
         return _identified(classes[spec].load(default_checkpoint(spec)), default_checkpoint(spec))
     path = Path(spec)

@@ -114,3 +114,14 @@ def test_cost_model_names_resolve(tmp_path):
     bad.write_text("not json")
     with pytest.raises(UserError, match="not a saved"):
         load_cost_model(str(bad))
+
+
+def test_the_roofline_loads_without_the_learned_models_imports():
+    """torch_geometric and the learned models cost seconds to import; a roofline needs neither."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from costmodel.models import load_cost_model; load_cost_model('roofline'); "
+            "assert 'torch_geometric' not in sys.modules, 'torch_geometric imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
