@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from costmodel.data.schema import DATASETS_DIR  # noqa: E402
 from costmodel.models.base import Composition  # noqa: E402
-from costmodel.models.evaluate import fit_methods  # noqa: E402
+from costmodel.models.evaluate import fit_methods, model_family_folds  # noqa: E402
 from costmodel.models.examples import model_workloads, workload_sums  # noqa: E402
 from costmodel.models.gnn import GNNConfig  # noqa: E402
 from costmodel.models.train import training_graphs  # noqa: E402
@@ -63,11 +63,8 @@ def main(argv=None) -> int:
     print("| held out | models | " + " | ".join(WAYS) + " |")
     print("|---|---:|" + "---:|" * len(WAYS))
     means = {way: [] for way in WAYS}
-    for family in sorted({w.family for w in workloads}):
-        held = {w.diagram_hash for w in workloads if w.family == family}
-        fn = fit_methods([g for g in graphs if g.diagram_hash not in held], cfg, [args.method])[args.method]
-        train_w = [w for w in workloads if w.family != family]
-        test_w = [w for w in workloads if w.family == family]
+    for family, (train_set, _, train_w, test_w) in model_family_folds(graphs, workloads):
+        fn = fit_methods(train_set, cfg, [args.method])[args.method]
         err = errors(*workload_sums(fn, train_w), [w.hardware for w in train_w],
                      workload_sums(fn, test_w), [w.hardware for w in test_w])
         cells = []

@@ -266,7 +266,7 @@ def _rescored(meta: dict) -> str:
         return ""
     names = ", ".join(f"`{Path(p).name}`" for p in again["checkpoints"].values())
     return (f", except the rows of the shipped checkpoints ({names}): `{again['command']}` scored "
-            f"them again on {again['date']}, after they were retrained")
+            f"them again on {again['date']}")
 
 
 def render(runs: list[dict], shipped: dict, meta: dict,
@@ -316,6 +316,8 @@ def main(argv=None) -> int:
                         help="with --render: score the shipped checkpoints on the H100 again (after a "
                              "retraining), keep the run's folds, and write the JSON and the report")
     args = parser.parse_args(argv)
+    if args.rescore_shipped and not args.render:
+        parser.error("--rescore-shipped rescores a run's report: give the run's JSON with --render")
     if args.render:
         raw = Path(args.render)
         doc = json.loads(raw.read_text())

@@ -150,15 +150,19 @@ def leave_one_model_out(graphs: Sequence[Data], workloads: Sequence[Workload], *
     """Per model family: train without any kernel measured in that family's graphs (kernel
     micro-benchmarks stay: they belong to no model) and fit the composition on the other
     families; score the family's whole models on every GPU, and its kernels."""
-    out = {}
+    return {family: score_fold(*fold, cfg=cfg, gbdt=gbdt, methods=methods, progress=progress)
+            for family, fold in model_family_folds(graphs, workloads)}
+
+
+def model_family_folds(graphs: Sequence[Data], workloads: Sequence[Workload]):
+    """Per model family, in name order: (family, (training kernels, held-out kernels, training
+    workloads, held-out workloads)), the family's graphs' kernels held out."""
     for family in sorted({w.family for w in workloads}):
         held = {w.diagram_hash for w in workloads if w.family == family}
-        train_set = [g for g in graphs if g.diagram_hash not in held]
-        test_set = [g for g in graphs if g.diagram_hash in held]
-        out[family] = score_fold(train_set, test_set, [w for w in workloads if w.family != family],
-                                 [w for w in workloads if w.family == family], cfg=cfg,
-                                 gbdt=gbdt, methods=methods, progress=progress)
-    return out
+        yield family, ([g for g in graphs if g.diagram_hash not in held],
+                       [g for g in graphs if g.diagram_hash in held],
+                       [w for w in workloads if w.family != family],
+                       [w for w in workloads if w.family == family])
 
 
 def format_table(title: str, rows: dict[str, Scores]) -> str:

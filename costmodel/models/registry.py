@@ -23,13 +23,26 @@ COST_MODELS = ("gnn", "gbdt", "hybrid", "roofline")  # the names `load_cost_mode
 DEFAULT_COST_MODEL = "gbdt"
 
 
-def _classes() -> dict[str, type[CostModel]]:
-    from costmodel.models.gbdt import GBDTCostModel
-    from costmodel.models.gnn import GNNCostModel
-    from costmodel.models.hybrid import HybridCostModel
-    from costmodel.models.roofline import Roofline
+def _class(kind: str) -> type[CostModel]:
+    """One kind's class (`COST_MODELS`), imported alone: the learned ones bring torch_geometric,
+    seconds of import that a roofline does not need."""
+    if kind == "roofline":
+        from costmodel.models.roofline import Roofline
 
-    return {"gnn": GNNCostModel, "gbdt": GBDTCostModel, "hybrid": HybridCostModel, "roofline": Roofline}
+        return Roofline
+    if kind == "gbdt":
+        from costmodel.models.gbdt import GBDTCostModel
+
+        return GBDTCostModel
+    if kind == "hybrid":
+        from costmodel.models.hybrid import HybridCostModel
+
+        return HybridCostModel
+    if kind == "gnn":
+        from costmodel.models.gnn import GNNCostModel
+
+        return GNNCostModel
+    raise ValueError(f"unknown cost model kind {kind!r}; valid: {', '.join(COST_MODELS)}")
 
 
 def defaults(folder: Path = CHECKPOINTS) -> dict[str, str]:
@@ -68,13 +81,10 @@ def load_cost_model(spec: str | CostModel = DEFAULT_COST_MODEL) -> CostModel:
     saved file (a roofline's JSON, a learned model's checkpoint), or an instance."""
     if isinstance(spec, CostModel):
         return spec
-    if spec == "roofline":  # without the learned models' imports (torch_geometric: seconds)
-        from costmodel.models.roofline import Roofline
-
-        return Roofline()
-    classes = _classes()
+    if spec == "roofline":
+        return _class("roofline")()
     if spec in LEARNED:
-        return _identified(classes[spec].load(default_checkpoint(spec)), default_checkpoint(spec))
+        return _identified(_class(spec).load(default_checkpoint(spec)), default_checkpoint(spec))
     path = Path(spec)
     if not path.is_file():
         raise unknown_choice("cost model", spec, [*COST_MODELS, "PATH (a saved model file)"])
@@ -83,7 +93,7 @@ def load_cost_model(spec: str | CostModel = DEFAULT_COST_MODEL) -> CostModel:
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         kind = None
     if kind == "roofline":
-        return classes["roofline"].load(path)
+        return _class("roofline").load(path)
     import torch
 
     try:
@@ -95,7 +105,7 @@ def load_cost_model(spec: str | CostModel = DEFAULT_COST_MODEL) -> CostModel:
     if kind not in LEARNED:
         raise UserError(f"cost model file {spec!r} is not a saved feyntune cost model")
     try:
-        return _identified(classes[kind].load(path), path)
+        return _identified(_class(kind).load(path), path)
     except (KeyError, TypeError, RuntimeError) as e:
         raise UserError(f"cost model file {spec!r} is a damaged {kind} checkpoint "
                         f"({type(e).__name__}: {e})") from None
