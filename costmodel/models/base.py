@@ -58,9 +58,16 @@ class Composition:
     def fit(cls, totals: np.ndarray, launches: np.ndarray, measured: np.ndarray) -> Composition:
         if len(measured) < 2:
             return cls()
-        # Relative least squares: each workload counts the same whatever its size.
+        # Relative least squares (each workload counts the same whatever its size), a and b at
+        # least 0: where the joint fit gives one below 0, the other is fitted alone. Clipping it
+        # to 0 and keeping the other's joint value would leave a fit of neither.
         X = np.stack([totals, launches], axis=1) / measured[:, None]
-        (a, b), *_ = np.linalg.lstsq(X, np.ones(len(measured)), rcond=None)
+        ones = np.ones(len(measured))
+        (a, b), *_ = np.linalg.lstsq(X, ones, rcond=None)
+        if b < 0:
+            a, b = float(X[:, 0] @ ones / (X[:, 0] @ X[:, 0])), 0.0
+        elif a < 0:
+            a, b = 0.0, float(X[:, 1] @ ones / (X[:, 1] @ X[:, 1]))
         return cls(max(float(a), 0.0), max(float(b), 0.0))
 
     def __call__(self, totals: np.ndarray, launches: np.ndarray) -> np.ndarray:

@@ -67,6 +67,25 @@ def model_mape(ln_fn: Callable[[Sequence[Data]], np.ndarray], train_w: Sequence[
     return mape(comp(totals, launches), measured)
 
 
+def measured_ln(graphs: Sequence[Data]) -> np.ndarray:
+    """Each kernel's measured ln(ms): a perfect kernel model, for `composition_floor`."""
+    return np.array([float(g.y[0]) for g in graphs])
+
+
+def composition_floor(graphs: Sequence[Data], workloads: Sequence[Workload]) -> dict[str, dict[str, float]]:
+    """Whole-model MAPE of each fold were every kernel priced at its measured time, composed as
+    the methods' are (fitted on the fold's training models): leave one GPU out ("logo") and leave
+    one model family out ("lomo"). What the composition and the data's own kernel rows allow:
+    where a GPU's kernels, measured one by one, add up to more or less than its whole models, no
+    kernel model scored on those rows gets below it."""
+    gpus = sorted({w.hardware for w in workloads} & set(by_hardware(graphs)))
+    logo = {g: model_mape(measured_ln, [w for w in workloads if w.hardware != g],
+                          [w for w in workloads if w.hardware == g]) for g in gpus}
+    lomo = {family: model_mape(measured_ln, fold[2], fold[3])
+            for family, fold in model_family_folds(graphs, workloads)}
+    return {"logo": logo, "lomo": lomo}
+
+
 @dataclass(frozen=True)
 class Scores:
     mape: dict[str, float]  # method -> kernel MAPE

@@ -38,6 +38,18 @@ def test_composition_recovers_overheads():
     assert Composition.fit(totals[:1], launches[:1], measured[:1]) == Composition()
 
 
+def test_composition_refits_the_scale_when_the_launch_term_would_go_below_zero():
+    # Whole models faster than their kernels' sum, by more the more kernels they launch: the
+    # joint fit's b is negative, so b = 0 and a is the least-squares scale alone, not the joint a.
+    totals, launches = np.array([100.0, 200.0, 300.0, 400.0]), np.array([900.0, 100.0, 800.0, 200.0])
+    measured = 1.1 * totals - 0.01 * launches
+    c = Composition.fit(totals, launches, measured)
+    r = totals / measured
+    assert c.b == 0 and c.a == pytest.approx(r.sum() / (r * r).sum())
+    joint, *_ = np.linalg.lstsq(np.stack([totals, launches], 1) / measured[:, None], np.ones(4), rcond=None)
+    assert joint[1] < 0 and c.a < joint[0]
+
+
 @pytest.mark.skipif(not RELEASE.is_dir(), reason="release 0.1 is not in this checkout")
 def test_neusight_workloads_are_whole_models():
     workloads = model_workloads(RELEASE)
@@ -196,3 +208,31 @@ def test_ranking_end_to_end_on_a_fake_gpu(tmp_path):
         assert -1 <= s.kendall_tau["gnn"] <= 1 and s.top1["gbdt"] >= 0
     # The fake GPU times tiles as the roofline prices them (plus 5% noise): it ranks them well.
     assert rows["tiles / a100-sxm4-80gb"].kendall_tau["roofline"] > 0.5
+
+
+def test_composition_floor_prices_kernels_at_their_measured_times(capture):
+    """Whole models whose kernels add up to them exactly score 0 on every fold; a GPU whose
+    kernels add up to 1.5 times its whole models is left with the error the composition fitted
+    on the other GPU's models makes of them."""
+    import math
+
+    from costmodel.models.evaluate import composition_floor
+    from costmodel.models.examples import Workload
+
+    from .test_gnn import examples
+
+    graphs = examples(capture)[:6]
+    for g in graphs:
+        g.hardware, g.diagram_hash = "a100", ""  # kernels of no model's graph: no family holds them
+    total = sum(math.exp(float(g.y[0])) for g in graphs[:3])
+    exact = [Workload(f"{fam}-inf-32-1", hw, total, tuple(graphs[:3]), (1, 1, 1), "h")
+             for fam in ("bert_large", "gpt2_large") for hw in ("a100", "t4")]
+    floor = composition_floor(graphs, exact)
+    assert floor["logo"] == {"a100": pytest.approx(0)}  # t4 has workloads but no kernels
+    assert floor["lomo"] == {"bert_large": pytest.approx(0), "gpt2_large": pytest.approx(0)}
+    off = [Workload(w.name, w.hardware, w.measured_ms / (1.5 if w.hardware == "t4" else 1.0),
+                    w.graphs, w.repeats, w.diagram_hash) for w in exact]
+    for g in graphs:
+        g.hardware = "t4" if g is graphs[0] else "a100"
+    floor = composition_floor(graphs, off)
+    assert floor["logo"]["t4"] == pytest.approx(0.5) and floor["logo"]["a100"] == pytest.approx(1 / 3)
