@@ -129,6 +129,7 @@ def _run(argv: Sequence[str]) -> int:
     args = _run_parser().parse_args(argv)
     from autotune.space import Space
     from autotune.verify import verify_plan
+    from costmodel.api import check_plan_diagram, check_plan_target
     from costmodel.hardware import load_profile
     from costmodel.ir.plan import load_plan_file
     from costmodel.ir.zoo import capture_model
@@ -142,14 +143,9 @@ def _run(argv: Sequence[str]) -> int:
         raise UserError(f"{args.plan} was tuned for {doc['dtype']}, not {args.dtype}: its tiles and "
                         f"prices hold for that dtype only; retune with autotune --dtype {args.dtype}")
     target = load_profile(args.target or doc["target"])
-    if target.name != doc["target"]:
-        raise UserError(f"{args.plan} was tuned for {doc['target']}, not {target.name}; retune with "
-                        f"autotune --target {args.target}")
+    check_plan_target(doc, target, name=args.plan)
     diagram = capture_model(model, doc["batch"], doc["seq"], doc["dtype"], attention=attention)
-    if diagram.hash != doc["diagram_hash"]:
-        raise UserError(f"{args.plan} was tuned for another graph than {model} at batch {doc['batch']} "
-                        f"seq {doc['seq']} {doc['dtype']} {attention} gives (diagram {doc['diagram_hash'][:12]}, "
-                        f"not {diagram.hash[:12]}): the model or its config changed; retune with autotune")
+    check_plan_diagram(doc, diagram, name=args.plan)
     try:
         Space(diagram, target).check(plan)
     except ValueError as e:

@@ -21,23 +21,25 @@ from costmodel.ir.plan import Plan
 from costmodel.models.base import CostModel, PlanCost
 
 
-def check_plan_target(doc: Mapping, target: HardwareProfile) -> None:
+def check_plan_target(doc: Mapping, target: HardwareProfile, name: str = "the plan") -> None:
     """Raise UserError unless a plan document (plan.json) was tuned for this target (checked
-    before the capture: it needs no diagram)."""
+    before the capture: it needs no diagram). `name` is how the message calls the plan."""
     tuned = doc.get("target")
     if tuned not in (None, target.name):
-        raise UserError(f"the plan was tuned for {tuned}, not {target.name}; its tiles and fusions "
+        raise UserError(f"{name} was tuned for {tuned}, not {target.name}; its tiles and fusions "
                         f"are that target's: use --target {tuned}, or tune for {target.name}")
 
 
-def check_plan_diagram(doc: Mapping, diagram: Diagram) -> None:
+def check_plan_diagram(doc: Mapping, diagram: Diagram, name: str = "the plan") -> None:
     """Raise UserError unless a plan document was made for this diagram (model, batch, seq,
     dtype, attention)."""
     made_for = doc.get("diagram_hash")
     if made_for not in (None, diagram.hash):
-        raise UserError(f"the plan was made for diagram {made_for}, not this one ({diagram.hash}); "
-                        f"use the model, batch, seq and dtype it was tuned for "
-                        f"({doc.get('model')} {doc.get('batch')}x{doc.get('seq')} {doc.get('dtype')})")
+        raise UserError(f"{name} was tuned for another graph (diagram {made_for[:12]}, not "
+                        f"{diagram.name}'s {diagram.hash[:12]}): use the model, batch, seq, dtype and "
+                        f"attention it was tuned for ({doc.get('model')} {doc.get('batch')}x"
+                        f"{doc.get('seq')} {doc.get('dtype')} {doc.get('attention', 'sdpa')}), or, "
+                        f"if the model or its config changed, tune again")
 
 
 def price(cost_model: CostModel, diagram: Diagram, target: HardwareProfile,
