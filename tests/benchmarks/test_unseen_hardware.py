@@ -1,6 +1,6 @@
 """The unseen-hardware report's targets table: what is met says so, what is missed says by how
 much, and the GNN's own target is read as the issue writes it."""
-from benchmarks.unseen_hardware import DEFAULT_COST_MODEL, _rescored, _targets
+from benchmarks.unseen_hardware import DEFAULT_COST_MODEL, _fold_table, _rescored, _targets
 
 
 def _run(p4_gbdt: float, a100: dict) -> dict:
@@ -35,3 +35,20 @@ def test_shipped_rows_scored_after_the_run_are_said_so():
                                                       "--rescore-shipped", "date": "2026-12-03",
                                            "checkpoints": {"gnn": "gnn-a.pt"}}})
     assert "except the rows of the shipped checkpoints (`gnn-a.pt`)" in note and "2026-12-03" in note
+
+
+def test_a_folds_kernels_as_measured_figure_is_shown_beside_its_target_and_in_its_table():
+    a100 = {"gnn": 0.04, "gbdt": 0.05, "hybrid": 0.045, "roofline": 0.2}
+    runs = [_run(0.10, a100)]
+    for r in runs:
+        for fold in r["logo"].values():
+            fold.update(models=3, mape=fold["model_mape"], n=10)
+    floor = {"logo": {"a100-pcie-40gb": 0.176}, "lomo": {"bert_large": 0.126}}
+    rows = [line for line in _targets(runs, {}, floor) if line.startswith("| leave out")]
+    assert "kernels as measured 17.6%" in next(r for r in rows if "a100" in r)
+    assert "kernels as measured" not in next(r for r in rows if "p4" in r)  # no figure, nothing said
+    assert "| 3.0%; kernels as measured 12.6% | yes |" in next(r for r in rows if "bert_large" in r)
+    table = _fold_table(runs, "logo", "Leave one GPU out", floor)
+    assert table[4].endswith("| kernels as measured |")
+    assert next(r for r in table if r.startswith("| a100")).endswith("| 20.0% | 17.6% |")  # one figure, no range
+    assert "| kernels as measured |" not in "\n".join(_fold_table(runs, "logo", "Leave one GPU out"))
