@@ -338,6 +338,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.rescore_shipped and not args.render:
         parser.error("--rescore-shipped rescores a run's report: give the run's JSON with --render")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # now, not after an hour's run
     if args.render:
         raw = Path(args.render)
         doc = json.loads(raw.read_text())
@@ -350,8 +352,8 @@ def main(argv=None) -> int:
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                 "checkpoints": {m: f for m, f in defaults().items() if m in doc["shipped"]}}
             raw.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-        Path(args.out).write_text(render(doc["runs"], doc["shipped"], doc["meta"], raw, doc.get("floor")) + "\n")
-        print(f"wrote {args.out} from {raw}")
+        out.write_text(render(doc["runs"], doc["shipped"], doc["meta"], raw, doc.get("floor")) + "\n")
+        print(f"wrote {out} from {raw}")
         return 0
     start = time.time()
     overrides = {k: json.loads(v) if v[:1] in "[{0123456789-tfn" else v
@@ -375,10 +377,10 @@ def main(argv=None) -> int:
     meta = {"command": "python benchmarks/unseen_hardware.py " + " ".join(argv or sys.argv[1:]),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "minutes": (time.time() - start) / 60}
-    out = Path(args.out)
-    out.write_text(render(runs, shipped, meta, out.with_suffix(".json"), floor) + "\n")
+    # the raw results first: a report that fails to render can be rendered again from them
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs, "shipped": shipped, "floor": floor},
                                                    indent=1, default=str) + "\n")
+    out.write_text(render(runs, shipped, meta, out.with_suffix(".json"), floor) + "\n")
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
 

@@ -52,3 +52,14 @@ def test_a_folds_kernels_as_measured_figure_is_shown_beside_its_target_and_in_it
     assert table[4].endswith("| kernels as measured |")
     assert next(r for r in table if r.startswith("| a100")).endswith("| 20.0% | 17.6% |")  # one figure, no range
     assert "| kernels as measured |" not in "\n".join(_fold_table(runs, "logo", "Leave one GPU out"))
+
+
+def test_a_report_rendered_into_a_folder_not_yet_made_makes_it(tmp_path):
+    from pathlib import Path
+
+    from benchmarks.unseen_hardware import main
+
+    out = tmp_path / "new" / "unseen-hardware.md"
+    raw = Path(__file__).resolve().parents[2] / "reports" / "unseen-hardware.json"
+    assert main(["--render", str(raw), "--out", str(out)]) == 0
+    assert out.read_text().startswith("# Predictions on hardware and models the cost models never saw")
