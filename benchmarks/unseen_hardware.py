@@ -6,6 +6,8 @@ by side, over seeds, written as one report.
     python benchmarks/unseen_hardware.py --render reports/unseen-hardware.json   # tables only
     python benchmarks/unseen_hardware.py --render reports/unseen-hardware.json --rescore-shipped
         # the same, the shipped checkpoints scored again (after a retraining)
+    python benchmarks/unseen_hardware.py --render reports/unseen-hardware.json --refloor
+        # the same, the kernels-as-measured columns computed again (they depend on no seed)
 
 For each seed, with the evaluation config (`GNNConfig(epochs=6, members=1, seed=S)` and
 `GBDTConfig(seed=S)`, the other fields at their defaults: the shipped models' inputs and loss):
@@ -20,7 +22,8 @@ For each seed, with the evaluation config (`GNNConfig(epochs=6, members=1, seed=
 - the ranking protocol: fusion and tile groups, and TpuGraphs' tile and layout programs
   (Kendall's tau, top-1 and top-5 slowdown, against a random order).
 And once, for every fold of the first two, the whole-model MAPE of the kernels priced at their
-measured times (`evaluate.composition_floor`): what a perfect kernel model would score.
+measured times (`evaluate.composition_floor`): what a perfect kernel model would score, and the
+same kernel rows summed as they are.
 Mean over seeds, with the range in brackets. Every number in the report comes from this run;
 the raw results are written beside it as JSON.
 """
@@ -142,8 +145,9 @@ def _fold_table(runs: list[dict], key: str, title: str, floor: dict | None = Non
     """A protocol's folds; with `floor` (`evaluate.composition_floor`), a last whole-model column:
     the fold's kernels priced at their measured times."""
     folds, methods = list(runs[0][key]), runs[0]["methods"]
+    summed = (floor or {}).get(f"{key}_sum")  # JSONs written before 2026-12-04 have none
     floor = (floor or {}).get(key)
-    extra = ["kernels as measured"] if floor else []
+    extra = ["kernels as measured", *(["summed as measured"] if summed else [])] if floor else []
     lines = [f"### {title}", "", "Whole-model MAPE, mean over seeds (range):", "",
              "| held out | models | " + " | ".join([*methods, *extra]) + " |",
              "|---|---:|" + "---:|" * (len(methods) + len(extra))]
@@ -151,6 +155,7 @@ def _fold_table(runs: list[dict], key: str, title: str, floor: dict | None = Non
         s = [r[key][fold] for r in runs]
         cells = [_agg([x["model_mape"][m] for x in s]) for m in methods]
         cells += [_agg([floor[fold]]) if fold in floor else "-"] if floor else []
+        cells += [_agg([summed[fold]]) if fold in summed else "-"] if floor and summed else []
         lines.append(f"| {fold} | {s[0]['models']} | " + " | ".join(cells) + " |")
     if floor:
         lines += ["", "Kernels as measured: each kernel priced at its own measured time, composed as "
@@ -158,6 +163,11 @@ def _fold_table(runs: list[dict], key: str, title: str, floor: dict | None = Non
                   "perfect kernel model would score (`evaluate.composition_floor`). Where it is high, "
                   "the fold's kernel rows do not add up to its measured whole models; a method "
                   "scores under it only where its kernel errors happen to offset that."]
+        if summed:
+            lines[-1] += (" Summed as measured: the same rows added up as they are, no composition "
+                          "fitted: where it is low and the column before it high, the fit the fold "
+                          "learns from the other folds' rows is what stands in the way, not the "
+                          "fold's own rows.")
     lines += ["", "Kernel MAPE, mean over seeds (range):", "",
               "| held out | kernels | " + " | ".join(methods) + " |", "|---|---:|" + "---:|" * len(methods)]
     for fold in folds:
@@ -227,7 +237,11 @@ def _targets(runs: list[dict], shipped: dict, floor: dict | None = None) -> list
     floor = floor or {}
 
     def measured(key, fold) -> str:
-        return f"; kernels as measured {100 * floor[key][fold]:.1f}%" if fold in floor.get(key, {}) else ""
+        if fold not in floor.get(key, {}):
+            return ""
+        summed = floor.get(f"{key}_sum", {})
+        return (f"; kernels as measured {100 * floor[key][fold]:.1f}%"
+                + (f" (summed {100 * summed[fold]:.1f}%)" if fold in summed else ""))
 
     def mean(key, fold, m, field="model_mape"):
         return statistics.fmean(r[key][fold][field][m] for r in runs)
@@ -280,13 +294,19 @@ def _targets(runs: list[dict], shipped: dict, floor: dict | None = None) -> list
 
 
 def _rescored(meta: dict) -> str:
-    """The report's note on shipped rows scored after the run, if they were."""
+    """The report's note on parts computed again after the run (the shipped rows, the
+    kernels-as-measured columns), if any were."""
+    parts = []
     again = meta.get("shipped_rescored")
-    if not again:
-        return ""
-    names = ", ".join(f"`{Path(p).name}`" for p in again["checkpoints"].values())
-    return (f", except the rows of the shipped checkpoints ({names}): `{again['command']}` scored "
-            f"them again on {again['date']}")
+    if again:
+        names = ", ".join(f"`{Path(p).name}`" for p in again["checkpoints"].values())
+        parts.append(f"the rows of the shipped checkpoints ({names}): `{again['command']}` scored "
+                     f"them again on {again['date']}")
+    again = meta.get("floor_recomputed")
+    if again:
+        parts.append(f"the kernels-as-measured columns: `{again['command']}` computed them again "
+                     f"on {again['date']}")
+    return f", except {'; and '.join(parts)}" if parts else ""
 
 
 def render(runs: list[dict], shipped: dict, meta: dict,
@@ -335,9 +355,15 @@ def main(argv=None) -> int:
     parser.add_argument("--rescore-shipped", action="store_true",
                         help="with --render: score the shipped checkpoints on the H100 again (after a "
                              "retraining), keep the run's folds, and write the JSON and the report")
+    parser.add_argument("--refloor", action="store_true",
+                        help="with --render: compute the kernels-as-measured columns again from "
+                             "--release (no training: they depend on no seed), keep the run's folds, "
+                             "and write the JSON and the report")
     args = parser.parse_args(argv)
     if args.rescore_shipped and not args.render:
         parser.error("--rescore-shipped rescores a run's report: give the run's JSON with --render")
+    if args.refloor and not args.render:
+        parser.error("--refloor recomputes a run's report: give the run's JSON with --render")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)  # now, not after an hour's run
     if args.render:
@@ -351,6 +377,15 @@ def main(argv=None) -> int:
                 "command": "python benchmarks/unseen_hardware.py " + " ".join(argv or sys.argv[1:]),
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                 "checkpoints": {m: f for m, f in defaults().items() if m in doc["shipped"]}}
+        if args.refloor:
+            _say("the kernels as measured")
+            release = Path(args.release)
+            doc["floor"] = ev.composition_floor(training_graphs(release, DATASETS_DIR / "cache", progress=False),
+                                                model_workloads(release))
+            doc["meta"]["floor_recomputed"] = {
+                "command": "python benchmarks/unseen_hardware.py " + " ".join(argv or sys.argv[1:]),
+                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+        if args.rescore_shipped or args.refloor:
             raw.write_text(json.dumps(doc, indent=1, default=str) + "\n")
         out.write_text(render(doc["runs"], doc["shipped"], doc["meta"], raw, doc.get("floor")) + "\n")
         print(f"wrote {out} from {raw}")

@@ -72,18 +72,29 @@ def measured_ln(graphs: Sequence[Data]) -> np.ndarray:
     return np.array([float(g.y[0]) for g in graphs])
 
 
+def summed_mape(test_w: Sequence[Workload]) -> float:
+    """Whole-model MAPE of the kernel rows as measured, summed as they are (no composition fit):
+    how far a model's kernels, timed one by one, are from its run."""
+    totals, _, measured = workload_sums(measured_ln, test_w)
+    return mape(totals, measured) if len(test_w) else float("nan")
+
+
 def composition_floor(graphs: Sequence[Data], workloads: Sequence[Workload]) -> dict[str, dict[str, float]]:
     """Whole-model MAPE of each fold were every kernel priced at its measured time, composed as
     the methods' are (fitted on the fold's training models): leave one GPU out ("logo") and leave
     one model family out ("lomo"). What the composition and the data's own kernel rows allow:
     where a GPU's kernels, measured one by one, add up to more or less than its whole models, no
-    kernel model scored on those rows gets below it."""
+    kernel model scored on those rows gets below it. Beside each, "logo_sum" and "lomo_sum": the
+    same rows summed as they are (`summed_mape`), which tells a fold whose own rows disagree with
+    its runs from one whose fit is pulled by other folds' rows."""
     gpus = sorted({w.hardware for w in workloads} & set(by_hardware(graphs)))
-    logo = {g: model_mape(measured_ln, [w for w in workloads if w.hardware != g],
-                          [w for w in workloads if w.hardware == g]) for g in gpus}
-    lomo = {family: model_mape(measured_ln, fold[2], fold[3])
-            for family, fold in model_family_folds(graphs, workloads)}
-    return {"logo": logo, "lomo": lomo}
+    logo = {g: ([w for w in workloads if w.hardware != g], [w for w in workloads if w.hardware == g])
+            for g in gpus}
+    lomo = {family: (fold[2], fold[3]) for family, fold in model_family_folds(graphs, workloads)}
+    return {"logo": {g: model_mape(measured_ln, *f) for g, f in logo.items()},
+            "lomo": {g: model_mape(measured_ln, *f) for g, f in lomo.items()},
+            "logo_sum": {g: summed_mape(f[1]) for g, f in logo.items()},
+            "lomo_sum": {g: summed_mape(f[1]) for g, f in lomo.items()}}
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """The unseen-hardware report's targets table: what is met says so, what is missed says by how
 much, and the GNN's own target is read as the issue writes it."""
+import pytest
+
 from benchmarks.unseen_hardware import DEFAULT_COST_MODEL, _fold_table, _rescored, _targets
 
 
@@ -52,6 +54,30 @@ def test_a_folds_kernels_as_measured_figure_is_shown_beside_its_target_and_in_it
     assert table[4].endswith("| kernels as measured |")
     assert next(r for r in table if r.startswith("| a100")).endswith("| 20.0% | 17.6% |")  # one figure, no range
     assert "| kernels as measured |" not in "\n".join(_fold_table(runs, "logo", "Leave one GPU out"))
+    # With the rows summed as they are, a second column, and the figure beside the target.
+    floor["logo_sum"] = {"a100-pcie-40gb": 0.011}
+    table = _fold_table(runs, "logo", "Leave one GPU out", floor)
+    assert table[4].endswith("| kernels as measured | summed as measured |")
+    assert next(r for r in table if r.startswith("| a100")).endswith("| 20.0% | 17.6% | 1.1% |")
+    assert next(r for r in table if r.startswith("| p4")).endswith("| - | - |")
+    rows = [line for line in _targets(runs, {}, floor) if line.startswith("| leave out")]
+    assert "kernels as measured 17.6% (summed 1.1%)" in next(r for r in rows if "a100" in r)
+    assert "(summed" not in next(r for r in rows if "bert_large" in r)  # no lomo_sum given
+
+
+def test_a_report_says_which_columns_were_computed_after_its_run():
+    note = _rescored({"floor_recomputed": {"command": "python benchmarks/unseen_hardware.py --render r.json "
+                                                      "--refloor", "date": "2026-12-04"}})
+    assert note == (", except the kernels-as-measured columns: `python benchmarks/unseen_hardware.py "
+                    "--render r.json --refloor` computed them again on 2026-12-04")
+
+
+def test_refloor_without_a_run_to_redo_is_refused(capsys):
+    from benchmarks.unseen_hardware import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--refloor"])
+    assert e.value.code == 2 and "give the run's JSON with --render" in capsys.readouterr().err
 
 
 def test_a_report_rendered_into_a_folder_not_yet_made_makes_it(tmp_path):

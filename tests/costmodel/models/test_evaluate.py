@@ -236,3 +236,6 @@ def test_composition_floor_prices_kernels_at_their_measured_times(capture):
         g.hardware = "t4" if g is graphs[0] else "a100"
     floor = composition_floor(graphs, off)
     assert floor["logo"]["t4"] == pytest.approx(0.5) and floor["logo"]["a100"] == pytest.approx(1 / 3)
+    # Summed as they are, a100's own rows agree with its runs: only the fit from t4's pulls it off.
+    assert floor["logo_sum"] == {"a100": pytest.approx(0), "t4": pytest.approx(0.5)}
+    assert floor["lomo_sum"]["bert_large"] == pytest.approx(0.25)  # one GPU's run of two is off by half
