@@ -142,8 +142,9 @@ def _agg(values: list[float], percent: bool = True) -> str:
 
 
 def _fold_table(runs: list[dict], key: str, title: str, floor: dict | None = None) -> list[str]:
-    """A protocol's folds; with `floor` (`evaluate.composition_floor`), a last whole-model column:
-    the fold's kernels priced at their measured times."""
+    """A protocol's folds; with `floor` (`evaluate.composition_floor`), last whole-model columns:
+    the fold's kernels priced at their measured times, composed and (where the floor has them)
+    summed as they are."""
     folds, methods = list(runs[0][key]), runs[0]["methods"]
     summed = (floor or {}).get(f"{key}_sum")  # JSONs written before 2026-12-04 have none
     floor = (floor or {}).get(key)
@@ -336,6 +337,12 @@ def render(runs: list[dict], shipped: dict, meta: dict,
     return "\n".join(lines)
 
 
+def _stamp(argv) -> dict[str, str]:
+    """This command as typed and today's date, for the report's meta."""
+    return {"command": "python benchmarks/unseen_hardware.py " + " ".join(argv or sys.argv[1:]),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+
+
 def _shipped(kind: str) -> bool:
     return kind in defaults()
 
@@ -374,17 +381,13 @@ def main(argv=None) -> int:
             doc["shipped"] = holdout({m: load_cost_model(m) for m in doc["runs"][0]["methods"]
                                       if m == "roofline" or _shipped(m)}, Path(args.data))
             doc["meta"]["shipped_rescored"] = {
-                "command": "python benchmarks/unseen_hardware.py " + " ".join(argv or sys.argv[1:]),
-                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-                "checkpoints": {m: f for m, f in defaults().items() if m in doc["shipped"]}}
+                **_stamp(argv), "checkpoints": {m: f for m, f in defaults().items() if m in doc["shipped"]}}
         if args.refloor:
             _say("the kernels as measured")
             release = Path(args.release)
             doc["floor"] = ev.composition_floor(training_graphs(release, DATASETS_DIR / "cache", progress=False),
                                                 model_workloads(release))
-            doc["meta"]["floor_recomputed"] = {
-                "command": "python benchmarks/unseen_hardware.py " + " ".join(argv or sys.argv[1:]),
-                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+            doc["meta"]["floor_recomputed"] = _stamp(argv)
         if args.rescore_shipped or args.refloor:
             raw.write_text(json.dumps(doc, indent=1, default=str) + "\n")
         out.write_text(render(doc["runs"], doc["shipped"], doc["meta"], raw, doc.get("floor")) + "\n")
@@ -409,9 +412,8 @@ def main(argv=None) -> int:
     _say("the shipped checkpoints on the H100")
     shipped = holdout({m: load_cost_model(m) for m in methods if m == "roofline" or _shipped(m)},
                       Path(args.data))
-    meta = {"command": "python benchmarks/unseen_hardware.py " + " ".join(argv or sys.argv[1:]),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "minutes": (time.time() - start) / 60}
+    meta = {**_stamp(argv),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU", "minutes": (time.time() - start) / 60}
     # the raw results first: a report that fails to render can be rendered again from them
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs, "shipped": shipped, "floor": floor},
                                                    indent=1, default=str) + "\n")

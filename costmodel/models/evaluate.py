@@ -75,8 +75,10 @@ def measured_ln(graphs: Sequence[Data]) -> np.ndarray:
 def summed_mape(test_w: Sequence[Workload]) -> float:
     """Whole-model MAPE of the kernel rows as measured, summed as they are (no composition fit):
     how far a model's kernels, timed one by one, are from its run."""
+    if not test_w:
+        return float("nan")
     totals, _, measured = workload_sums(measured_ln, test_w)
-    return mape(totals, measured) if len(test_w) else float("nan")
+    return mape(totals, measured)
 
 
 def composition_floor(graphs: Sequence[Data], workloads: Sequence[Workload]) -> dict[str, dict[str, float]]:
