@@ -94,12 +94,15 @@ def _mean(xs):
     return float(np.mean(xs)) if len(xs) else float("nan")
 
 
+GBDT_ONLY = ("fill", "labels")  # `--set` fields only GBDTConfig has
+
+
 def run_seed(seed: int, graphs, workloads, groups, release: Path, data: Path, cfg_overrides: dict,
              methods: tuple[str, ...] = METHODS) -> dict:
     cfg = dataclasses.replace(GNNConfig(seed=seed, epochs=6, members=1),
-                              **{k: v for k, v in cfg_overrides.items() if k != "fill"})
+                              **{k: v for k, v in cfg_overrides.items() if k not in GBDT_ONLY})
     gbdt_cfg = dataclasses.replace(GBDTConfig(seed=seed), **{
-        k: v for k, v in cfg_overrides.items() if k in ("hardware", "weight", "fill")})
+        k: v for k, v in cfg_overrides.items() if k in ("hardware", "weight", *GBDT_ONLY)})
     out: dict = {"methods": list(methods), "config": dataclasses.asdict(cfg),
                  "gbdt_config": dataclasses.asdict(gbdt_cfg)}
     _say(f"seed {seed}: leave one GPU out")
@@ -356,7 +359,8 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"which to train and score (default {','.join(METHODS)}; the roofline always)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="a GNNConfig field for this run (e.g. hardware=all), JSON value")
+                        help="a GNNConfig field for this run (e.g. hardware=all), JSON value; hardware and "
+                             "weight reach the GBDT too, fill and labels the GBDT alone")
     parser.add_argument("--render", default=None, metavar="JSON",
                         help="only write the report again from a run's raw results (its .json)")
     parser.add_argument("--rescore-shipped", action="store_true",

@@ -72,6 +72,9 @@ def add_learning_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight", default=None, choices=("none", "time"),
                    help="regression weights: none, or time (big kernels count more; default: "
                         "each model's own)")
+    p.add_argument("--labels", default=None, choices=("measured", "device"),
+                   help="what the GBDT learns from: each kernel row as timed (default), or device: "
+                        "less the time its source's harness adds to every kernel")
     add_guards_arg(p)
 
 
@@ -258,16 +261,21 @@ def _learn(args) -> int:
     if args.guards in ("off", "clamp"):
         overrides["correction"] = None
     cfg = dataclasses.replace(GNNConfig(seed=args.seed), **overrides)
-    # the GBDT's own defaults, with the run's seed and whatever inputs and weights were asked for
+    # the GBDT's own defaults, with the run's seed and whatever inputs, weights and labels were asked for
     gbdt = dataclasses.replace(GBDTConfig(seed=args.seed), **{
-        k: v for k, v in overrides.items() if k in ("hardware", "weight")})
+        k: v for k, v in (*overrides.items(), ("labels", args.labels)) if k in ("hardware", "weight", "labels") and v})
     if args.command == "train":
+        if args.labels and args.model == "gnn":
+            raise UserError("--labels is the GBDT's (and the hybrid's trees); the gnn learns from the rows as measured")
         model, path, seconds = train_checkpoint(args.model, data, gbdt if args.model == "gbdt" else cfg,
                                                 Path(args.out) if args.out else CHECKPOINTS,
                                                 gbdt=gbdt, make_default=args.make_default)
         print(f"trained a {args.model} on {model.trained_on['examples']} kernels from {data} in "
               f"{seconds:.0f} s; whole model = {model.composition.a:.3f} x kernels + "
               f"{model.composition.b * 1e3:.1f} us x launches; saved {path}")
+        floors = getattr(model, "trained_on", {}).get("timing_floors_us")
+        if floors:
+            print("timing floors taken off each row (us): " + ", ".join(f"{k} {v}" for k, v in floors.items()))
         return 0
     graphs = training_graphs(data, DATASETS_DIR / "cache")
     from costmodel.models.evaluate import (

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from torch_geometric.data import Data
 
 from costmodel.data.loader import hardware_profiles
 from costmodel.data.shards import read_table
+from costmodel.errors import UserError
 from costmodel.ir.diagram import Diagram, Subdiagram
 from costmodel.ir.plan import KernelConfig, eager_partition
 from costmodel.models.base import Composition
@@ -146,6 +148,12 @@ def score_fold(train_graphs: Sequence[Data], test_graphs: Sequence[Data],
                   {k: model_mape(f, train_w, test_w) for k, f in fns.items()}, len(test_w))
 
 
+def _note(progress: bool, text: str) -> None:
+    """A line on stderr for a long protocol's progress (a fold trains for minutes)."""
+    if progress:
+        print(text, file=sys.stderr, flush=True)
+
+
 def by_hardware(graphs: Sequence[Data]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = defaultdict(list)
     for i, g in enumerate(graphs):
@@ -164,9 +172,11 @@ def leave_one_gpu_out(graphs: Sequence[Data], workloads: Sequence[Workload], *, 
     gpus = list(gpus or sorted({w.hardware for w in workloads} & set(groups)))
     missing = [g for g in gpus if g not in groups]
     if missing:
-        raise ValueError(f"no kernels measured on {missing}; GPUs in the data: {', '.join(sorted(groups))}")
+        raise UserError(f"no kernels measured on {', '.join(missing)}; hardware in the data: "
+                        f"{', '.join(sorted(groups))}")
     out = {}
-    for gpu in gpus:
+    for i, gpu in enumerate(gpus, 1):
+        _note(progress, f"fold {i}/{len(gpus)}: {gpu} held out")
         held = set(groups[gpu])
         train_set = [g for i, g in enumerate(graphs) if i not in held]
         test_set = [graphs[i] for i in sorted(held)]
@@ -182,8 +192,12 @@ def leave_one_model_out(graphs: Sequence[Data], workloads: Sequence[Workload], *
     """Per model family: train without any kernel measured in that family's graphs (kernel
     micro-benchmarks stay: they belong to no model) and fit the composition on the other
     families; score the family's whole models on every GPU, and its kernels."""
-    return {family: score_fold(*fold, cfg=cfg, gbdt=gbdt, methods=methods, progress=progress)
-            for family, fold in model_family_folds(graphs, workloads)}
+    folds = list(model_family_folds(graphs, workloads))
+    out = {}
+    for i, (family, fold) in enumerate(folds, 1):
+        _note(progress, f"fold {i}/{len(folds)}: {family} held out")
+        out[family] = score_fold(*fold, cfg=cfg, gbdt=gbdt, methods=methods, progress=progress)
+    return out
 
 
 def model_family_folds(graphs: Sequence[Data], workloads: Sequence[Workload]):

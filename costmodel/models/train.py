@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from costmodel.data.loader import fingerprint
 from costmodel.data.schema import DATASETS_DIR
+from costmodel.data.shards import table_files
 from costmodel.errors import UserError
 from costmodel.models import features
 from costmodel.models.base import Composition
@@ -167,6 +168,9 @@ def training_graphs(data: str | Path, cache: str | Path, *, progress: bool = Tru
     Python and launch overhead, not kernel time."""
     from costmodel.models.features import NODE_TYPES, OP_KINDS
 
+    if not table_files("measurements", data):
+        raise UserError(f"{data} holds no measurements table (no such folder, or not a dataset); "
+                        f"give a release folder (datasets/releases/0.1) or the working data (datasets/data)")
     if (Path(data) / "manifest.json").is_file():  # a release: trained on only if it is intact
         from costmodel.data.release import verify
 

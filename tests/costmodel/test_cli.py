@@ -91,3 +91,15 @@ def test_plan_file_is_priced(tmp_path, capsys):
     # The same plan on another workload is refused plainly.
     assert main(["predict", "--model", "bert-base", "--seq", "64", "--target", "a100",
                  "--plan", str(tmp_path / "plan.json")]) == 2
+
+
+def test_learning_commands_refuse_what_they_cannot_learn_from(tmp_path, capsys):
+    from costmodel.models.examples import LABELS
+
+    assert main(["eval", "--protocol", "leave-one-gpu-out", "--data", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no measurements table" in err and "datasets/releases" in err
+    assert main(["train", "--model", "gnn", "--labels", "device", "--out", str(tmp_path)]) == 2
+    assert "--labels is the GBDT's" in capsys.readouterr().err
+    assert main(["eval", "--protocol", "leave-one-gpu-out", "--labels", "wall"]) == 2
+    assert f"choose from {', '.join(repr(k) for k in LABELS)}" in capsys.readouterr().err

@@ -89,6 +89,28 @@ def test_leave_one_model_out_keeps_the_family_out_of_training(capture, monkeypat
     assert seen[1] == ({"bert-graph", ""}, {"gpt-graph"}, {"bert_large"}, {"gpt2_large"})
 
 
+def test_each_fold_says_when_it_starts(capture, monkeypatch, capsys):
+    """A fold trains for minutes: the protocols say which one runs, on stderr."""
+    import costmodel.models.evaluate as ev
+    from costmodel.models.examples import Workload
+    from costmodel.models.gnn import GNNConfig
+
+    from .test_gnn import examples
+
+    graphs = examples(capture)
+    for g in graphs:
+        g.diagram_hash = "h"
+    workloads = [Workload("bert_large-inf-128-1", hw, 1.0, tuple(graphs[:3]), (1, 1, 1), "h")
+                 for hw in ("a100", "t4")]
+    monkeypatch.setattr(ev, "score_fold", lambda *a, **kw: None)
+    ev.leave_one_gpu_out(graphs, workloads, cfg=GNNConfig())
+    ev.leave_one_model_out(graphs, workloads, cfg=GNNConfig())
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["fold 1/2: a100 held out", "fold 2/2: t4 held out", "fold 1/1: bert_large held out"]
+    ev.leave_one_gpu_out(graphs, workloads, cfg=GNNConfig(), progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_a_fold_scores_the_same_whichever_folds_run_with_it(capture):
     """Each fold's training starts from the seed: holding out t4 alone or after a100 gives the
     same scores, for every method."""
@@ -239,3 +261,14 @@ def test_composition_floor_prices_kernels_at_their_measured_times(capture):
     # Summed as they are, a100's own rows agree with its runs: only the fit from t4's pulls it off.
     assert floor["logo_sum"] == {"a100": pytest.approx(0), "t4": pytest.approx(0.5)}
     assert floor["lomo_sum"]["bert_large"] == pytest.approx(0.25)  # one GPU's run of two is off by half
+
+
+def test_holding_out_hardware_the_data_lacks_names_what_it_has(capture):
+    from costmodel.errors import UserError
+    from costmodel.models.evaluate import leave_one_gpu_out
+    from costmodel.models.gnn import GNNConfig
+
+    from .test_gnn import examples
+
+    with pytest.raises(UserError, match="no kernels measured on h999; hardware in the data: a100, t4"):
+        leave_one_gpu_out(examples(capture), [], cfg=GNNConfig(), gpus=["h999"], progress=False)

@@ -117,3 +117,54 @@ def test_a_checkpoint_records_the_versions_it_was_trained_with():
     assert env["python"] == platform.python_version() and env["torch"] == torch.__version__
     assert env["scikit-learn"] == sklearn.__version__ and env["numpy"] == metadata.version("numpy")
     assert set(env) == {"python", "torch", "torch_geometric", "numpy", "scikit-learn"}
+
+
+def _timed(roofline_us: float, measured_us: float, source: str, hardware: str = "t4"):
+    """A kernel row as `labels` reads it: roofline terms (log10 s; launch 5 us) and y (ln ms)."""
+    from torch_geometric.data import Data
+
+    g = Data(roofline=torch.tensor([[-9.0, -9.0, np.log10(5e-6), np.log10(roofline_us * 1e-6)]]),
+             y=torch.tensor([np.log(measured_us * 1e-3)], dtype=torch.float32))
+    g.hardware, g.source = hardware, source
+    return g
+
+
+def test_device_labels_take_off_what_a_harness_adds_to_every_kernel():
+    from costmodel.models.examples import labels, timing_floors
+
+    rng = np.random.default_rng(0)
+    harness = [_timed(r, r + 30.0, "neusight") for r in rng.uniform(5.5, 7.5, 150)]  # adds 30 us
+    clean = [_timed(r, r, "deepbench") for r in rng.uniform(5.5, 7.5, 150)]  # adds nothing
+    few = [_timed(6.0, 50.0, "other") for _ in range(10)]  # too few tiny kernels to tell
+    big = [_timed(500.0, 700.0, "neusight"), _timed(500.0, 700.0, "deepbench")]
+    graphs = harness + clean + few + big
+    floors = timing_floors(graphs)
+    assert floors[("t4", "neusight")] == pytest.approx(30e-6, rel=1e-3)
+    assert floors[("t4", "deepbench")] == pytest.approx(0.0, abs=1e-7)
+    assert floors[("t4", "other")] == 0.0
+    measured = labels(graphs)
+    assert np.array_equal(measured, [float(g.y[0]) for g in graphs])
+    device = np.exp(labels(graphs, "device")) * 1e3  # us
+    assert device[-2] == pytest.approx(670.0, rel=1e-4) and device[-1] == pytest.approx(700.0, rel=1e-4)
+    assert np.allclose(device[:150], [np.exp(float(g.y[0])) * 1e3 - 30.0 for g in harness], rtol=1e-3)
+    assert np.allclose(device[300:310], 50.0, rtol=1e-4)  # no floor told, none taken off
+    # a row the floor would take below the launch overhead keeps the launch overhead
+    assert np.exp(labels([*harness, _timed(6.0, 20.0, "neusight")], "device"))[-1] * 1e3 == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="valid: measured, device"):
+        labels(graphs, "wall")
+
+
+def test_device_labels_train_other_trees(capture):
+    from costmodel.models.examples import timing_floors
+
+    graphs = examples(capture) * 3  # labelled 1.65 x the roofline: its tiny kernels 3 us over it
+    for g in graphs:
+        g.source = "harness"
+    assert all(f > 1e-6 for f in timing_floors(graphs).values())
+    measured = GBDTCostModel.fit(graphs, GBDTConfig(max_iter=20))
+    assert GBDTConfig().labels == "measured"
+    device = GBDTCostModel.fit(graphs, GBDTConfig(max_iter=20, labels="device"))
+    assert device.config.labels == "device"
+    assert not np.array_equal(measured.trees.value, device.trees.value)
+    tiny = [g for g in graphs if 10 ** float(g.roofline[0, 3]) < 6e-6]
+    assert device.predict_ln(tiny)[0].mean() < measured.predict_ln(tiny)[0].mean()
