@@ -262,8 +262,9 @@ def _learn(args) -> int:
         overrides["correction"] = None
     cfg = dataclasses.replace(GNNConfig(seed=args.seed), **overrides)
     # the GBDT's own defaults, with the run's seed and whatever inputs, weights and labels were asked for
+    asked = {**overrides, "labels": args.labels}
     gbdt = dataclasses.replace(GBDTConfig(seed=args.seed), **{
-        k: v for k, v in (*overrides.items(), ("labels", args.labels)) if k in ("hardware", "weight", "labels") and v})
+        k: v for k, v in asked.items() if k in ("hardware", "weight", "labels") and v})
     if args.command == "train":
         if args.labels and args.model == "gnn":
             raise UserError("--labels is the GBDT's (and the hybrid's trees); the gnn learns from the rows as measured")

@@ -124,10 +124,9 @@ class KernelDataset(InMemoryDataset):
 
 
 # Labels. A kernel row is what its source's harness timed, and a harness adds its own time to
-# every kernel: NeuSight's kernels whose roofline is under 8 us measure 27 to 48 us on its five
-# GPUs (a figure per host, the P100's the highest), where DeepBench's on the same GPUs, timed
-# in C++, measure 0 to 3 us over their roofline. "device" labels take that floor off each row,
-# so a model learns what the GPU spends, not what the harness adds around it.
+# every kernel: NeuSight's harness adds 27 to 48 us on its five GPUs (a figure per host, the
+# P100's the highest; `costmodel train --labels device` prints them). "device" labels take that
+# floor off each row, so a model learns what the GPU spends, not what the harness adds around it.
 LABELS = ("measured", "device")
 TINY_S = 8e-6  # roofline seconds under which a kernel's measured time is mostly the harness's
 TINY_MIN = 100  # kernels that few tell no floor: a source with fewer is taken to add none
