@@ -78,7 +78,8 @@ class Evaluator:
                                          [k.config for k in todo])
             self._ms.update(zip(missing, map(float, ms)))
         return [self.cost_model.plan_total(sum(self._ms[(k.subdiagram.hash, k.config)] for k in ks),
-                                           plan.launches(len(ks))) for plan, ks in zip(plans, kernels)]
+                                           plan.launches(len(ks)), self.space.target.name)
+                for plan, ks in zip(plans, kernels)]
 
 
 def _legal(trial: optuna.trial.FrozenTrial) -> bool:

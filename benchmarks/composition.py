@@ -4,10 +4,11 @@
 
 Leave one model family out (`costmodel eval --protocol leave-one-model-out`): the method is
 trained without the family's kernels, then each of the family's whole models is priced as its
-kernels' sum composed three ways, each fitted on the other families' whole models:
-- global: `Composition` (a * sum + b * launches) over every GPU's models (what the shipped
-  models and the report use);
-- per GPU: the same fit on the models of the workload's own GPU only;
+kernels' sum composed four ways, each fitted on the other families' whole models:
+- own: `Composition.fit` with each model's GPU named: a * sum + b * launches fitted on the
+  workload's own GPU's models where it has `base.MIN_OWN` of them, else on every GPU's;
+- global: the same fit over every GPU's models, for every GPU (what the shipped models and the
+  report use);
 - scale per GPU: a * sum alone, a fitted per GPU (one parameter, not two);
 and with none (a = 1, b = 0). Whole-model MAPE per family, and the mean.
 """
@@ -28,21 +29,21 @@ from costmodel.models.examples import model_workloads, workload_sums  # noqa: E4
 from costmodel.models.gnn import GNNConfig  # noqa: E402
 from costmodel.models.train import training_graphs  # noqa: E402
 
-WAYS = ("global", "per GPU", "scale per GPU", "none")
+WAYS = ("own", "global", "scale per GPU", "none")
 
 
 def errors(totals: np.ndarray, launches: np.ndarray, measured: np.ndarray, hardware: list[str],
            test: tuple[np.ndarray, np.ndarray, np.ndarray], test_hardware: list[str]) -> dict[str, np.ndarray]:
     """Signed relative error of each test workload under each way of composing (`WAYS`)."""
     t, n, m = test
+    own = Composition.fit(totals, launches, measured, hardware)
     overall = Composition.fit(totals, launches, measured)
     out = {way: np.zeros(len(m)) for way in WAYS}
     for i, h in enumerate(test_hardware):
         same = np.array([g == h for g in hardware])
-        own = Composition.fit(totals[same], launches[same], measured[same])
         r = totals[same] / measured[same]
         scale = float(r.sum() / (r * r).sum()) if len(r) else 1.0  # least squares of a * r = 1
-        predicted = {"global": overall(t[i:i + 1], n[i:i + 1])[0], "per GPU": own(t[i:i + 1], n[i:i + 1])[0],
+        predicted = {"own": own(t[i:i + 1], n[i:i + 1], [h])[0], "global": overall(t[i:i + 1], n[i:i + 1])[0],
                      "scale per GPU": scale * t[i], "none": t[i]}
         for way in WAYS:
             out[way][i] = predicted[way] / m[i] - 1

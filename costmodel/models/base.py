@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,32 +46,59 @@ class PlanCost:
         return self.kernels_ms + self.overhead_ms
 
 
+MIN_OWN = 3  # whole models a target needs measured for a composition of its own (more than a, b)
+
+
+def _fit_ab(totals: np.ndarray, launches: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    """a and b of `Composition` by relative least squares (each workload counts the same whatever
+    its size), both at least 0: where the joint fit gives one below 0, the other is fitted alone.
+    Clipping it to 0 and keeping the other's joint value would leave a fit of neither."""
+    if len(measured) < 2:
+        return 1.0, 0.0
+    X = np.stack([totals, launches], axis=1) / measured[:, None]
+    ones = np.ones(len(measured))
+    (a, b), *_ = np.linalg.lstsq(X, ones, rcond=None)
+    if b < 0:
+        a, b = float(X[:, 0] @ ones / (X[:, 0] @ X[:, 0])), 0.0
+    elif a < 0:
+        a, b = 0.0, float(X[:, 1] @ ones / (X[:, 1] @ X[:, 1]))
+    return max(float(a), 0.0), max(float(b), 0.0)
+
+
 @dataclass(frozen=True)
 class Composition:
     """Whole-model time from kernel times: a * sum(kernel ms) + b * kernels launched, fitted on
-    measured whole models (what eager execution costs between and around kernels)."""
+    measured whole models (what eager execution costs between and around kernels). `fit` given
+    each workload's target also fits a and b on each target's own models where it has at least
+    `MIN_OWN` (`own`: name -> (a, b)), which that target's prices then use; any other target takes
+    the fit over every target's. Training and the protocols fit over every target only: own fits
+    helped held-out model families but, with b = 0 where the pooled b is not, priced small models
+    out of order across GPUs (README, "Unseen hardware"; `benchmarks/composition.py` compares)."""
 
     a: float = 1.0
     b: float = 0.0
+    own: dict[str, tuple[float, float]] = field(default_factory=dict, hash=False)
 
     @classmethod
-    def fit(cls, totals: np.ndarray, launches: np.ndarray, measured: np.ndarray) -> Composition:
-        if len(measured) < 2:
-            return cls()
-        # Relative least squares (each workload counts the same whatever its size), a and b at
-        # least 0: where the joint fit gives one below 0, the other is fitted alone. Clipping it
-        # to 0 and keeping the other's joint value would leave a fit of neither.
-        X = np.stack([totals, launches], axis=1) / measured[:, None]
-        ones = np.ones(len(measured))
-        (a, b), *_ = np.linalg.lstsq(X, ones, rcond=None)
-        if b < 0:
-            a, b = float(X[:, 0] @ ones / (X[:, 0] @ X[:, 0])), 0.0
-        elif a < 0:
-            a, b = 0.0, float(X[:, 1] @ ones / (X[:, 1] @ X[:, 1]))
-        return cls(max(float(a), 0.0), max(float(b), 0.0))
+    def fit(cls, totals: np.ndarray, launches: np.ndarray, measured: np.ndarray,
+            hardware: Sequence[str] = ()) -> Composition:
+        """The fit over every workload, and, where `hardware` names each workload's target, the
+        fit of each target with `MIN_OWN` or more."""
+        names = np.asarray(hardware, dtype=object)
+        own = {}
+        for name in sorted(set(hardware)):
+            same = names == name
+            if same.sum() >= MIN_OWN:
+                own[name] = _fit_ab(totals[same], launches[same], measured[same])
+        return cls(*_fit_ab(totals, launches, measured), own)
 
-    def __call__(self, totals: np.ndarray, launches: np.ndarray) -> np.ndarray:
-        return self.a * totals + self.b * launches
+    def __call__(self, totals: np.ndarray, launches: np.ndarray,
+                 hardware: Sequence[str] = ()) -> np.ndarray:
+        """Whole-model ms; `hardware`, when given, names each row's target."""
+        a, b = np.full(len(totals), self.a), np.full(len(totals), self.b)
+        for i, name in enumerate(hardware):
+            a[i], b[i] = self.own.get(name, (self.a, self.b))
+        return a * totals + b * launches
 
 
 class CostModel(abc.ABC):
@@ -107,9 +134,10 @@ class CostModel(abc.ABC):
             raise ValueError(f"{len(out)} configs for {len(subdiagrams)} subdiagrams")
         return out
 
-    def plan_total(self, kernels_ms: float, launches: int) -> float:
-        """Whole-plan time from the sum of its kernel times and the kernels launched (a learned
-        model adds what eager execution costs between kernels; the roofline adds nothing)."""
+    def plan_total(self, kernels_ms: float, launches: int, target: str = "") -> float:
+        """Whole-plan time on the target named `target` from the sum of its kernel times and the
+        kernels launched (a learned model adds what eager execution costs between kernels; the
+        roofline adds nothing)."""
         return kernels_ms
 
     def update(self, examples: Sequence) -> None:

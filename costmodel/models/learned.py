@@ -65,8 +65,8 @@ class GraphCostModel(CostModel):
         (the GBDT: its flat rows) overrides it."""
         return self.predict_ln([features.to_data(s, hw, c) for s, c in kernels])
 
-    def plan_total(self, kernels_ms: float, launches: int) -> float:
-        return float(self.composition(np.array([kernels_ms]), np.array([float(launches)]))[0])
+    def plan_total(self, kernels_ms: float, launches: int, target: str = "") -> float:
+        return float(self.composition(np.array([kernels_ms]), np.array([float(launches)]), [target])[0])
 
     def predict_plan(self, diagram: Diagram, target: HardwareProfile | str,
                      plan: Plan | None = None) -> PlanCost:
@@ -77,7 +77,7 @@ class GraphCostModel(CostModel):
         kernels = (plan or Plan()).kernels(diagram)
         mean, std = self._predict_ln([(k.subdiagram, k.config) for k in kernels], hw)
         ms = np.exp(mean)
-        total = self.plan_total(float(ms.sum()), (plan or Plan()).launches(len(ms)))
+        total = self.plan_total(float(ms.sum()), (plan or Plan()).launches(len(ms)), hw.name)
         return PlanCost(hw.name, self.name, tuple(
             KernelCost(k.subdiagram, k.config, float(t), float(s)) for k, t, s in zip(kernels, ms, std)),
             total - float(ms.sum()), self.warnings(hw))

@@ -101,7 +101,7 @@ def test_torch_compile_is_a_point_of_the_space_and_never_beaten_by_the_pick(capt
     assert replayed.launches(100) == 0 and compiled.launches(100) == 100
 
     class Launching(Roofline):  # a host cost per launch, as a learned composition has
-        def plan_total(self, kernels_ms, launches):
+        def plan_total(self, kernels_ms, launches, target=""):
             return kernels_ms + 0.01 * launches
 
     launching = Evaluator(space, Launching())

@@ -50,6 +50,22 @@ def test_composition_refits_the_scale_when_the_launch_term_would_go_below_zero()
     assert joint[1] < 0 and c.a < joint[0]
 
 
+
+def test_composition_fits_each_target_with_enough_models_of_its_own():
+    rng = np.random.default_rng(0)
+    totals, launches = rng.uniform(10, 1000, 9), rng.integers(100, 1000, 9).astype(float)
+    hardware = ["a100"] * 4 + ["t4"] * 3 + ["p4"] * 2
+    measured = np.array([1.0] * 4 + [1.4] * 3 + [1.2] * 2) * totals + 0.01 * launches
+    c = Composition.fit(totals, launches, measured, hardware)
+    assert set(c.own) == {"a100", "t4"}  # p4's two models are fewer than MIN_OWN
+    assert c.own["a100"] == pytest.approx((1.0, 0.01)) and c.own["t4"] == pytest.approx((1.4, 0.01))
+    assert c(totals[:7], launches[:7], hardware[:7]) == pytest.approx(measured[:7])
+    pooled = Composition.fit(totals, launches, measured)
+    assert (c.a, c.b) == (pooled.a, pooled.b) and pooled.own == {}
+    # p4, and a target nobody measured, take the fit over every model.
+    assert c(totals[7:], launches[7:], ["p4", "h100"]) == pytest.approx(pooled(totals[7:], launches[7:]))
+    assert not np.allclose(pooled(totals[7:], launches[7:]), measured[7:])
+
 @pytest.mark.skipif(not RELEASE.is_dir(), reason="release 0.1 is not in this checkout")
 def test_neusight_workloads_are_whole_models():
     workloads = model_workloads(RELEASE)

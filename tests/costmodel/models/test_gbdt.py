@@ -6,6 +6,7 @@ import torch
 
 from costmodel.hardware import load_profile
 from costmodel.models import features
+from costmodel.models.base import Composition
 from costmodel.models.gbdt import (GBDTConfig, GBDTCostModel, Trees, flat_features, kernel_features,
                                    roofline_ln)
 
@@ -41,9 +42,15 @@ def test_same_data_same_trees_and_the_record(capture, tmp_path):
     b = GBDTCostModel.fit(examples(capture), GBDTConfig(max_iter=20))
     assert np.array_equal(a.trees.value, b.trees.value)
     assert a.trained_on["features_hash"] == features.code_hash()
+    a.composition = Composition(1.0, 0.0, {"t4": (2.0, 0.0)})  # the t4's own fit
     a.save(tmp_path / "g.pt")
     again = GBDTCostModel.load(tmp_path / "g.pt")
     assert again.trained_on == a.trained_on and again.hw_range == a.hw_range
+    assert again.composition == a.composition
+    d = capture("bert-base", 1, 32)
+    on_t4, on_a100 = again.predict_plan(d, "t4"), again.predict_plan(d, "a100")
+    assert on_t4.total_ms == pytest.approx(2 * on_t4.kernels_ms)
+    assert on_a100.total_ms == pytest.approx(on_a100.kernels_ms)
 
 
 def test_a_gnn_checkpoint_is_no_gbdt(tmp_path):
