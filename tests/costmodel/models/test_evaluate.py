@@ -50,7 +50,6 @@ def test_composition_refits_the_scale_when_the_launch_term_would_go_below_zero()
     assert joint[1] < 0 and c.a < joint[0]
 
 
-
 def test_composition_fits_each_target_with_enough_models_of_its_own():
     rng = np.random.default_rng(0)
     totals, launches = rng.uniform(10, 1000, 9), rng.integers(100, 1000, 9).astype(float)
@@ -65,6 +64,7 @@ def test_composition_fits_each_target_with_enough_models_of_its_own():
     # p4, and a target nobody measured, take the fit over every model.
     assert c(totals[7:], launches[7:], ["p4", "h100"]) == pytest.approx(pooled(totals[7:], launches[7:]))
     assert not np.allclose(pooled(totals[7:], launches[7:]), measured[7:])
+
 
 @pytest.mark.skipif(not RELEASE.is_dir(), reason="release 0.1 is not in this checkout")
 def test_neusight_workloads_are_whole_models():
