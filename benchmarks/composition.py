@@ -4,12 +4,14 @@
 
 Leave one model family out (`costmodel eval --protocol leave-one-model-out`): the method is
 trained without the family's kernels, then each of the family's whole models is priced as its
-kernels' sum composed four ways, each fitted on the other families' whole models:
-- own: `Composition.fit` with each model's GPU named: a * sum + b * launches fitted on the
-  workload's own GPU's models where it has `base.MIN_OWN` of them, else on every GPU's;
-- global: the same fit over every GPU's models, for every GPU (what the shipped models and the
-  report use);
-- scale per GPU: a * sum alone, a fitted per GPU (one parameter, not two);
+kernels' sum composed five ways, each fitted on the other families' whole models:
+- own: `Composition.fit` with each model's GPU named (what training and the report use): a * sum
+  + b * launches, b fitted over every GPU's models, a on the workload's own GPU's models where it
+  has `base.MIN_OWN` of them, else over every GPU's;
+- a, b per GPU: both fitted on the own GPU's models (tried as the default and dropped: b comes
+  out 0 and small models are priced out of order across GPUs);
+- global: a and b over every GPU's models, for every GPU;
+- scale per GPU: a * sum alone, a fitted per GPU;
 and with none (a = 1, b = 0). Whole-model MAPE per family, and the mean.
 """
 from __future__ import annotations
@@ -23,13 +25,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from costmodel.data.schema import DATASETS_DIR  # noqa: E402
-from costmodel.models.base import Composition  # noqa: E402
+from costmodel.models.base import MIN_OWN, Composition, _fit_ab, _fit_scale  # noqa: E402
 from costmodel.models.evaluate import fit_methods, model_family_folds  # noqa: E402
 from costmodel.models.examples import model_workloads, workload_sums  # noqa: E402
 from costmodel.models.gnn import GNNConfig  # noqa: E402
 from costmodel.models.train import training_graphs  # noqa: E402
 
-WAYS = ("own", "global", "scale per GPU", "none")
+WAYS = ("own", "a, b per GPU", "global", "scale per GPU", "none")
 
 
 def errors(totals: np.ndarray, launches: np.ndarray, measured: np.ndarray, hardware: list[str],
@@ -41,10 +43,12 @@ def errors(totals: np.ndarray, launches: np.ndarray, measured: np.ndarray, hardw
     out = {way: np.zeros(len(m)) for way in WAYS}
     for i, h in enumerate(test_hardware):
         same = np.array([g == h for g in hardware])
-        r = totals[same] / measured[same]
-        scale = float(r.sum() / (r * r).sum()) if len(r) else 1.0  # least squares of a * r = 1
-        predicted = {"own": own(t[i:i + 1], n[i:i + 1], [h])[0], "global": overall(t[i:i + 1], n[i:i + 1])[0],
-                     "scale per GPU": scale * t[i], "none": t[i]}
+        a, b = (_fit_ab(totals[same], launches[same], measured[same]) if same.sum() >= MIN_OWN
+                else (overall.a, overall.b))
+        scale = _fit_scale(totals[same], launches[same], measured[same], 0.0) if same.any() else 1.0
+        predicted = {"own": own(t[i:i + 1], n[i:i + 1], [h])[0], "a, b per GPU": a * t[i] + b * n[i],
+                     "global": overall(t[i:i + 1], n[i:i + 1])[0], "scale per GPU": scale * t[i],
+                     "none": t[i]}
         for way in WAYS:
             out[way][i] = predicted[way] / m[i] - 1
     return out

@@ -2,13 +2,16 @@
 --json`, the HTTP service (`costmodel serve`) and Python all return `prediction(...)`'s dict.
 
     {"model", "target", "batch", "seq", "dtype", "attention", "plan", "cost_model",
-     "diagram_hash", "total_ms", "kernels_ms", "overhead_ms", "warnings", "kernels",
+     "diagram_hash", "total_ms", "kernels_ms", "overhead_ms", "composition", "warnings", "kernels",
      "subdiagrams": [{"name", "hash", "ops", "vertices", "module", "flops", "bytes_read",
                       "bytes_written", "predicted_ms", "spread", "config"}]}
 
 Times are milliseconds; `spread` is the std of ln(ms) over a learned model's ensemble (0 where
-it has none); `warnings` say when the target lies outside the hardware a learned model saw, or
-the plan was made for another target.
+it has none); `composition` {"a", "b_us", "fit"} is how the kernels add up: total_ms = a *
+kernels_ms + b_us / 1000 * launches (`kernels`, or none when the plan replays a CUDA graph), and
+"fit" says whose whole models gave a ("own": the target's, "pooled": every measured GPU's;
+"none": the roofline's plain sum); `warnings` say when the target lies outside the hardware a
+learned model saw, or the plan was made for another target.
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ def price(cost_model: CostModel, diagram: Diagram, target: HardwareProfile,
 def prediction(priced: PlanCost, diagram: Diagram, *, plan: str = "eager") -> dict:
     """The JSON contract (module docstring) of a priced diagram. `plan` names the plan priced
     ("eager", a plan.json path, or "posted")."""
+    a, b, fit = priced.composition
     return {
         "model": diagram.name,
         "target": priced.target,
@@ -69,6 +73,7 @@ def prediction(priced: PlanCost, diagram: Diagram, *, plan: str = "eager") -> di
         "total_ms": priced.total_ms,
         "kernels_ms": priced.kernels_ms,
         "overhead_ms": priced.overhead_ms,
+        "composition": {"a": a, "b_us": b * 1e3, "fit": fit},
         "warnings": list(priced.warnings),
         "kernels": len(priced.kernels),
         "subdiagrams": [

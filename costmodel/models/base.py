@@ -36,6 +36,7 @@ class PlanCost:
     kernels: tuple[KernelCost, ...]
     overhead_ms: float = 0.0
     warnings: tuple[str, ...] = ()  # e.g. a target far outside the hardware a model learned from
+    composition: tuple[float, float, str] = (1.0, 0.0, "none")  # `Composition.terms`; "none": no fit
 
     @property
     def kernels_ms(self) -> float:
@@ -46,7 +47,7 @@ class PlanCost:
         return self.kernels_ms + self.overhead_ms
 
 
-MIN_OWN = 3  # whole models a target needs measured for a composition of its own (more than a, b)
+MIN_OWN = 3  # whole models a target needs measured for a scale of its own (more than its one parameter)
 
 
 def _fit_ab(totals: np.ndarray, launches: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
@@ -65,15 +66,22 @@ def _fit_ab(totals: np.ndarray, launches: np.ndarray, measured: np.ndarray) -> t
     return max(float(a), 0.0), max(float(b), 0.0)
 
 
+def _fit_scale(totals: np.ndarray, launches: np.ndarray, measured: np.ndarray, b: float) -> float:
+    """a of `a * totals + b * launches` with b given, by relative least squares, at least 0."""
+    x = totals / measured
+    return max(float(x @ (1 - b * launches / measured) / (x @ x)), 0.0)
+
+
 @dataclass(frozen=True)
 class Composition:
     """Whole-model time from kernel times: a * sum(kernel ms) + b * kernels launched, fitted on
     measured whole models (what eager execution costs between and around kernels). `fit` given
-    each workload's target also fits a and b on each target's own models where it has at least
-    `MIN_OWN` (`own`: name -> (a, b)), which that target's prices then use; any other target takes
-    the fit over every target's. Training and the protocols fit over every target only: own fits
-    helped held-out model families but, with b = 0 where the pooled b is not, priced small models
-    out of order across GPUs (README, "Unseen hardware"; `benchmarks/composition.py` compares)."""
+    each workload's target also fits, for each target with at least `MIN_OWN` models, a scale of
+    its own with the pooled b (`own`: name -> (a, b)), which that target's prices then use; any
+    other target takes the pooled fit. One parameter per target, not two: a and b fitted on one
+    target's few models come out with b = 0 (big models cannot tell per-launch cost from scale)
+    and then price small, launch-bound models out of order across GPUs (README, "Unseen
+    hardware"; `benchmarks/composition.py` compares the ways)."""
 
     a: float = 1.0
     b: float = 0.0
@@ -82,22 +90,29 @@ class Composition:
     @classmethod
     def fit(cls, totals: np.ndarray, launches: np.ndarray, measured: np.ndarray,
             hardware: Sequence[str] = ()) -> Composition:
-        """The fit over every workload, and, where `hardware` names each workload's target, the
-        fit of each target with `MIN_OWN` or more."""
+        """The fit over every workload, and, where `hardware` names each workload's target, each
+        target's own scale (`_fit_scale`) where it has `MIN_OWN` workloads or more."""
+        a, b = _fit_ab(totals, launches, measured)
         names = np.asarray(hardware, dtype=object)
         own = {}
         for name in sorted(set(hardware)):
             same = names == name
             if same.sum() >= MIN_OWN:
-                own[name] = _fit_ab(totals[same], launches[same], measured[same])
-        return cls(*_fit_ab(totals, launches, measured), own)
+                own[name] = (_fit_scale(totals[same], launches[same], measured[same], b), b)
+        return cls(a, b, own)
+
+    def terms(self, target: str = "") -> tuple[float, float, str]:
+        """a, b (ms a launch) and which fit the target named `target` takes: "own" or "pooled"."""
+        if target in self.own:
+            return (*self.own[target], "own")
+        return self.a, self.b, "pooled"
 
     def __call__(self, totals: np.ndarray, launches: np.ndarray,
                  hardware: Sequence[str] = ()) -> np.ndarray:
         """Whole-model ms; `hardware`, when given, names each row's target."""
         a, b = np.full(len(totals), self.a), np.full(len(totals), self.b)
         for i, name in enumerate(hardware):
-            a[i], b[i] = self.own.get(name, (self.a, self.b))
+            a[i], b[i], _ = self.terms(name)
         return a * totals + b * launches
 
 

@@ -61,12 +61,13 @@ def top_k_error(pred: Sequence[float], true: Sequence[float], k: int) -> float:
 
 def model_mape(ln_fn: Callable[[Sequence[Data]], np.ndarray], train_w: Sequence[Workload],
                test_w: Sequence[Workload]) -> float:
-    """Whole-model MAPE on `test_w`, with the composition fitted on `train_w`."""
+    """Whole-model MAPE on `test_w`, with the composition fitted on `train_w` (each GPU's own
+    scale where `train_w` has enough of its models)."""
     if not test_w:
         return float("nan")
-    comp = Composition.fit(*workload_sums(ln_fn, train_w))
+    comp = Composition.fit(*workload_sums(ln_fn, train_w), [w.hardware for w in train_w])
     totals, launches, measured = workload_sums(ln_fn, test_w)
-    return mape(comp(totals, launches), measured)
+    return mape(comp(totals, launches, [w.hardware for w in test_w]), measured)
 
 
 def measured_ln(graphs: Sequence[Data]) -> np.ndarray:

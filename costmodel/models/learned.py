@@ -80,7 +80,7 @@ class GraphCostModel(CostModel):
         total = self.plan_total(float(ms.sum()), (plan or Plan()).launches(len(ms)), hw.name)
         return PlanCost(hw.name, self.name, tuple(
             KernelCost(k.subdiagram, k.config, float(t), float(s)) for k, t, s in zip(kernels, ms, std)),
-            total - float(ms.sum()), self.warnings(hw))
+            total - float(ms.sum()), self.warnings(hw), self.composition.terms(hw.name))
 
     def warnings(self, hw: HardwareProfile) -> tuple[str, ...]:
         out = []

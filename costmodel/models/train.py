@@ -113,8 +113,11 @@ def train(graphs: Sequence[Data], cfg: GNNConfig = GNNConfig(), *, progress: boo
 
 
 def fit_composition(model: GraphCostModel, data: str | Path) -> Composition:
-    """How `model`'s kernel times add up to the whole-model times measured in `data`."""
-    return Composition.fit(*workload_sums(lambda gs: model.predict_ln(gs)[0], model_workloads(data)))
+    """How `model`'s kernel times add up to the whole-model times measured in `data`, with each
+    GPU's own scale where it has enough of them (`Composition.fit`)."""
+    workloads = model_workloads(data)
+    return Composition.fit(*workload_sums(lambda gs: model.predict_ln(gs)[0], workloads),
+                           [w.hardware for w in workloads])
 
 
 def environment() -> dict[str, str]:

@@ -50,20 +50,26 @@ def test_composition_refits_the_scale_when_the_launch_term_would_go_below_zero()
     assert joint[1] < 0 and c.a < joint[0]
 
 
-def test_composition_fits_each_target_with_enough_models_of_its_own():
+def test_composition_scales_each_target_with_enough_models_of_its_own():
     rng = np.random.default_rng(0)
     totals, launches = rng.uniform(10, 1000, 9), rng.integers(100, 1000, 9).astype(float)
     hardware = ["a100"] * 4 + ["t4"] * 3 + ["p4"] * 2
     measured = np.array([1.0] * 4 + [1.4] * 3 + [1.2] * 2) * totals + 0.01 * launches
     c = Composition.fit(totals, launches, measured, hardware)
-    assert set(c.own) == {"a100", "t4"}  # p4's two models are fewer than MIN_OWN
-    assert c.own["a100"] == pytest.approx((1.0, 0.01)) and c.own["t4"] == pytest.approx((1.4, 0.01))
-    assert c(totals[:7], launches[:7], hardware[:7]) == pytest.approx(measured[:7])
     pooled = Composition.fit(totals, launches, measured)
     assert (c.a, c.b) == (pooled.a, pooled.b) and pooled.own == {}
+    assert set(c.own) == {"a100", "t4"}  # p4's two models are fewer than MIN_OWN
+    for name, rows in (("a100", slice(0, 4)), ("t4", slice(4, 7))):
+        a, b = c.own[name]
+        assert b == c.b  # one parameter of its own: the launch term is the pooled one
+        x, y = totals[rows] / measured[rows], launches[rows] / measured[rows]
+        (best,), *_ = np.linalg.lstsq(x[:, None], 1 - b * y, rcond=None)
+        assert a == pytest.approx(best)
+    assert c.own["a100"][0] < c.a < c.own["t4"][0]
+    ape = lambda p: np.abs(p / measured[:7] - 1).mean()  # noqa: E731
+    assert ape(c(totals[:7], launches[:7], hardware[:7])) < ape(pooled(totals[:7], launches[:7])) / 2
     # p4, and a target nobody measured, take the fit over every model.
     assert c(totals[7:], launches[7:], ["p4", "h100"]) == pytest.approx(pooled(totals[7:], launches[7:]))
-    assert not np.allclose(pooled(totals[7:], launches[7:]), measured[7:])
 
 
 @pytest.mark.skipif(not RELEASE.is_dir(), reason="release 0.1 is not in this checkout")
