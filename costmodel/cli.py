@@ -276,7 +276,7 @@ def _learn(args) -> int:
               f"{model.composition.b * 1e3:.1f} us x launches; saved {path}")
         if model.composition.own:
             print("each GPU's own scale (a, with that b): "
-                  + ", ".join(f"{k} {a:.3f}" for k, (a, _) in model.composition.own.items()))
+                  + ", ".join(f"{k} {a:.3f}" for k, a in model.composition.own.items()))
         floors = getattr(model, "trained_on", {}).get("timing_floors_us")
         if floors:
             print("timing floors taken off each row (us): " + ", ".join(f"{k} {v}" for k, v in floors.items()))

@@ -77,7 +77,7 @@ class Composition:
     """Whole-model time from kernel times: a * sum(kernel ms) + b * kernels launched, fitted on
     measured whole models (what eager execution costs between and around kernels). `fit` given
     each workload's target also fits, for each target with at least `MIN_OWN` models, a scale of
-    its own with the pooled b (`own`: name -> (a, b)), which that target's prices then use; any
+    its own with the pooled b (`own`: name -> a), which that target's prices then use; any
     other target takes the pooled fit. One parameter per target, not two: a and b fitted on one
     target's few models come out with b = 0 (big models cannot tell per-launch cost from scale)
     and then price small, launch-bound models out of order across GPUs (README, "Unseen
@@ -85,7 +85,7 @@ class Composition:
 
     a: float = 1.0
     b: float = 0.0
-    own: dict[str, tuple[float, float]] = field(default_factory=dict, hash=False)
+    own: dict[str, float] = field(default_factory=dict, hash=False)
 
     @classmethod
     def fit(cls, totals: np.ndarray, launches: np.ndarray, measured: np.ndarray,
@@ -98,13 +98,13 @@ class Composition:
         for name in sorted(set(hardware)):
             same = names == name
             if same.sum() >= MIN_OWN:
-                own[name] = (_fit_scale(totals[same], launches[same], measured[same], b), b)
+                own[name] = _fit_scale(totals[same], launches[same], measured[same], b)
         return cls(a, b, own)
 
     def terms(self, target: str = "") -> tuple[float, float, str]:
         """a, b (ms a launch) and which fit the target named `target` takes: "own" or "pooled"."""
         if target in self.own:
-            return (*self.own[target], "own")
+            return self.own[target], self.b, "own"
         return self.a, self.b, "pooled"
 
     def __call__(self, totals: np.ndarray, launches: np.ndarray,

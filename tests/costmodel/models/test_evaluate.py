@@ -60,12 +60,12 @@ def test_composition_scales_each_target_with_enough_models_of_its_own():
     assert (c.a, c.b) == (pooled.a, pooled.b) and pooled.own == {}
     assert set(c.own) == {"a100", "t4"}  # p4's two models are fewer than MIN_OWN
     for name, rows in (("a100", slice(0, 4)), ("t4", slice(4, 7))):
-        a, b = c.own[name]
-        assert b == c.b  # one parameter of its own: the launch term is the pooled one
+        a, b, fit = c.terms(name)
+        assert (a, b, fit) == (c.own[name], c.b, "own")  # one parameter of its own: the pooled b
         x, y = totals[rows] / measured[rows], launches[rows] / measured[rows]
         (best,), *_ = np.linalg.lstsq(x[:, None], 1 - b * y, rcond=None)
         assert a == pytest.approx(best)
-    assert c.own["a100"][0] < c.a < c.own["t4"][0]
+    assert c.own["a100"] < c.a < c.own["t4"] and c.terms("h100") == (c.a, c.b, "pooled")
     ape = lambda p: np.abs(p / measured[:7] - 1).mean()  # noqa: E731
     assert ape(c(totals[:7], launches[:7], hardware[:7])) < ape(pooled(totals[:7], launches[:7])) / 2
     # p4, and a target nobody measured, take the fit over every model.

@@ -42,7 +42,7 @@ def test_same_data_same_trees_and_the_record(capture, tmp_path):
     b = GBDTCostModel.fit(examples(capture), GBDTConfig(max_iter=20))
     assert np.array_equal(a.trees.value, b.trees.value)
     assert a.trained_on["features_hash"] == features.code_hash()
-    a.composition = Composition(1.0, 0.0, {"t4": (2.0, 0.0)})  # the t4's own fit
+    a.composition = Composition(1.0, 0.0, {"t4": 2.0})  # the t4's own scale
     a.save(tmp_path / "g.pt")
     again = GBDTCostModel.load(tmp_path / "g.pt")
     assert again.trained_on == a.trained_on and again.hw_range == a.hw_range
