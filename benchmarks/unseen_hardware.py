@@ -346,6 +346,14 @@ def _stamp(argv) -> dict[str, str]:
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
 
 
+def _value(text: str):
+    """A `--set` value: JSON where it parses (true, 3, [64, 64]), else the text itself (tpu)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def _shipped(kind: str) -> bool:
     return kind in defaults()
 
@@ -398,8 +406,7 @@ def main(argv=None) -> int:
         print(f"wrote {out} from {raw}")
         return 0
     start = time.time()
-    overrides = {k: json.loads(v) if v[:1] in "[{0123456789-tfn" else v
-                 for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
     asked = {m.strip() for m in args.methods.split(",") if m.strip()}
     if asked - set(METHODS):
         parser.error(f"unknown methods {sorted(asked - set(METHODS))}; valid: {', '.join(METHODS)}")

@@ -31,6 +31,9 @@ from costmodel.models.base import Composition
 from costmodel.models.learned import GraphCostModel
 
 
+FILL = ("none", "tpu", "all")  # which kernels' rows carry `features.machine_fill` (GBDTConfig.fill)
+
+
 @dataclass(frozen=True)
 class GBDTConfig:
     """Frozen training arguments (scikit-learn's HistGradientBoostingRegressor)."""
@@ -45,18 +48,27 @@ class GBDTConfig:
     # 27.7% for all/time (2026-12-04, under the composition fit of that day).
     hardware: str = "none"
     weight: str = "time"
-    # Whether it reads how a kernel fills the machine (`features.machine_fill`). Off: over the
-    # three seeds of leave one GPU out it helped the A100 (11.5% -> 6.7%) and TpuGraphs' tile
-    # ranking (top-5 slowdown 19.9% -> 5.0%, random 14.9%), and hurt the T4 (8.2% -> 12.3%), the
-    # P4 and the P100: mean 13.8% against 13.1% (README, "Unseen hardware"; that was before the
-    # composition fit of 2026-12-04: under it, seed 0, 15.0% against 13.3%).
-    fill: bool = False
+    # Which kernels' rows say how they fill the machine (`features.machine_fill`, FILL): "none";
+    # "all": over the three seeds of leave one GPU out it helped the A100 (11.5% -> 6.7%) and
+    # TpuGraphs' tile ranking (top-5 slowdown 19.9% -> 5.0%, random 14.9%), and hurt the T4
+    # (8.2% -> 12.3%), the P4 and the P100: mean 13.8% against 13.1% (README, "Unseen hardware";
+    # before the composition fit of 2026-12-04: under it, seed 0, 15.0% against 13.3%); "tpu",
+    # a TPU's kernels alone, the default (2026-12-07, three seeds against "none", README
+    # "Unseen hardware"): TpuGraphs' tile ranking tau 0.65 (0.54), top-5 slowdown 2.6% (19.9%;
+    # random 14.9%), leave one GPU out 13.4% (13.4%), leave one model family out 6.2% (6.2%).
+    fill: str = "tpu"
     # What it learns from (examples.LABELS): each kernel row as its source timed it, or "device",
     # less the time the source's harness adds to every kernel (examples.timing_floors). Measured:
     # device labels gave, seed 0, leave one GPU out 13.5% against 13.3% and leave one model
     # family out 7.6% against 7.5%: no better for whole models (README, "Unseen hardware").
     labels: str = "measured"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fill, bool):  # checkpoints and commands from before FILL had names
+            object.__setattr__(self, "fill", "all" if self.fill else "none")
+        if self.fill not in FILL:
+            raise UserError(f"unknown fill {self.fill!r}; valid: {', '.join(FILL)}")
 
 
 def _row(x: np.ndarray, *graph: np.ndarray) -> np.ndarray:
@@ -67,27 +79,47 @@ def _row(x: np.ndarray, *graph: np.ndarray) -> np.ndarray:
     return np.concatenate([x.sum(0), x.max(0), *graph])
 
 
-def flat_features(graphs: Sequence[Data], hardware: str = "all", fill: bool = False) -> np.ndarray:
+@functools.cache
+def _tpu_column() -> int:
+    """Where a descriptor says the hardware is a TPU."""
+    return features.hardware_columns("none")[features.KINDS_ONLY.index("is_tpu")]
+
+
+def _fill(machine: np.ndarray, descriptor: np.ndarray, fill: str) -> np.ndarray:
+    """The fill columns of one row: none ("none"); the kernel's fill ("all", or "tpu" on a TPU);
+    missing values on other hardware under "tpu", so that no split on them tells those kernels
+    apart (the trees send every missing value the same way)."""
+    if fill not in FILL:
+        raise ValueError(f"unknown fill {fill!r}; valid: {', '.join(FILL)}")
+    if fill == "none":
+        return machine[:0]
+    if fill == "all" or descriptor[_tpu_column()] > 0:
+        return machine
+    return np.full(features.FILL_DIM, np.nan, dtype=machine.dtype)
+
+
+def flat_features(graphs: Sequence[Data], hardware: str = "all", fill: str = "none") -> np.ndarray:
     """One row per kernel graph: node features summed and maxed, the hardware descriptors of kind
-    `hardware`, config, roofline terms, and with `fill` how the kernel fills the machine
-    (`features.machine_fill`)."""
+    `hardware`, config, roofline terms, and how the kernel fills the machine
+    (`features.machine_fill`) on the hardware `fill` names (`FILL`)."""
     cols = list(features.hardware_columns(hardware))
     rows = [_row(g.x.numpy(), g.hw[0, cols].numpy(), g.config[0].numpy(), g.roofline[0].numpy(),
-                 g.fill[0, :features.FILL_DIM * fill].numpy()) for g in graphs]
+                 _fill(g.fill[0].numpy(), g.hw[0].numpy(), fill)) for g in graphs]
     return np.stack(rows) if rows else np.zeros((0, 0))
 
 
 def kernel_features(kernels: Sequence[tuple[Subdiagram, KernelConfig | None]], hw: HardwareProfile,
-                    hardware: str = "all", fill: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                    hardware: str = "all", fill: str = "none") -> tuple[np.ndarray, np.ndarray]:
     """`flat_features` and `roofline_ln` of the graphs `features.to_data` would build for
     (subdiagram, config) pairs on `hw`, without building them (no edges, no tensors)."""
     cols = list(features.hardware_columns(hardware))
     rows, ln = [], []
     for sub, config in kernels:
-        descriptor, config_row, roofline, machine = features.graph_features(sub, hw, config, fill=fill)
-        rows.append(_row(np.array(features.node_features(sub), dtype=np.float32),
-                         np.array(descriptor, dtype=np.float32)[cols],
-                         *(np.array(r, dtype=np.float32) for r in (config_row, roofline, machine))))
+        descriptor, config_row, roofline, machine = features.graph_features(sub, hw, config)
+        descriptor = np.array(descriptor, dtype=np.float32)
+        rows.append(_row(np.array(features.node_features(sub), dtype=np.float32), descriptor[cols],
+                         *(np.array(r, dtype=np.float32) for r in (config_row, roofline)),
+                         _fill(np.array(machine, dtype=np.float32), descriptor, fill)))
         ln.append(roofline[3])
     if not rows:
         return np.zeros((0, 0)), np.zeros(0)
@@ -212,6 +244,7 @@ class GBDTCostModel(GraphCostModel):
         if not graphs:
             raise ValueError("no training examples")
         X = flat_features(graphs, config.hardware, config.fill)
+        X[:, np.isnan(X).all(0)] = 0.0  # missing on every row (fill="tpu", no TPU here): nothing to split on
         floors = examples.timing_floors(graphs) if config.labels == "device" else {}
         learned = examples.labels(graphs, config.labels, floors)
         ln = torch.tensor(learned, dtype=torch.float32)

@@ -89,3 +89,10 @@ def test_a_report_rendered_into_a_folder_not_yet_made_makes_it(tmp_path):
     raw = Path(__file__).resolve().parents[2] / "reports" / "unseen-hardware.json"
     assert main(["--render", str(raw), "--out", str(out)]) == 0
     assert out.read_text().startswith("# Predictions on hardware and models the cost models never saw")
+
+
+def test_a_set_value_is_json_where_it_parses_else_text():
+    from benchmarks.unseen_hardware import _value
+
+    assert _value("true") is True and _value("3") == 3 and _value("[64, 64]") == [64, 64]
+    assert _value("tpu") == "tpu" and _value("none") == "none" and _value("physical") == "physical"

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from costmodel.errors import UserError
 from costmodel.hardware import load_profile
 from costmodel.models import features
 from costmodel.models.base import Composition
-from costmodel.models.gbdt import (GBDTConfig, GBDTCostModel, Trees, flat_features, kernel_features,
+from costmodel.models.gbdt import (FILL, GBDTConfig, GBDTCostModel, Trees, flat_features, kernel_features,
                                    roofline_ln)
 
 from .test_base import CostModelContract
@@ -104,12 +105,34 @@ def test_rows_from_kernels_equal_rows_from_their_graphs(fitted, capture):
     hw = load_profile("t4")
     graphs = [features.to_data(s, hw, c) for s, c in kernels]
     for hardware in features.HARDWARE:
-        for fill in (False, True):
+        for fill in FILL:
             X, ln = kernel_features(kernels, hw, hardware, fill)
-            assert np.array_equal(X, flat_features(graphs, hardware, fill))
+            assert np.array_equal(X, flat_features(graphs, hardware, fill), equal_nan=True)
             assert np.array_equal(ln, roofline_ln(graphs))
-    assert flat_features(graphs, "none", True).shape[1] == flat_features(graphs, "none").shape[1] + 4
+    assert flat_features(graphs, "none", "all").shape[1] == flat_features(graphs, "none").shape[1] + 4
     assert np.array_equal(fitted.predict_kernels(kernels, hw)[0], fitted.predict_ln(graphs)[0])
+
+
+def test_fill_on_tpus_alone_leaves_other_kernels_without_it(capture):
+    """fill="tpu": a TPU kernel's row carries how it fills the machine; any other kernel's fill
+    columns are missing, so two GPU kernels that differ only there get the same row."""
+    from costmodel.ir.plan import eager_partition
+
+    sub = max(eager_partition(capture("gpt2", 2, 64)), key=lambda s: sum(v.flops for v in s.vertices))
+    gpu, tpu = features.to_data(sub, load_profile("t4"), None), features.to_data(sub, load_profile("tpu-v3"), None)
+    n = features.FILL_DIM
+    assert np.isnan(flat_features([gpu], "none", "tpu")[0, -n:]).all()
+    assert np.array_equal(flat_features([tpu], "none", "tpu")[0, -n:], tpu.fill[0].numpy())
+    assert np.array_equal(flat_features([gpu], "none", "all")[0, -n:], gpu.fill[0].numpy())
+    other = gpu.clone()
+    other.fill = other.fill + 1.0
+    assert np.array_equal(flat_features([other], "none", "tpu"), flat_features([gpu], "none", "tpu"), equal_nan=True)
+    with pytest.raises(ValueError, match="unknown fill"):
+        flat_features([gpu], "none", "some")
+    # a config saved when fill was a flag reads as the names it meant
+    assert GBDTConfig(fill=True).fill == "all" and GBDTConfig(fill=False).fill == "none"
+    with pytest.raises(UserError, match="unknown fill"):
+        GBDTConfig(fill="some")
 
 
 def test_a_checkpoint_records_the_versions_it_was_trained_with():
