@@ -85,17 +85,21 @@ def _tpu_column() -> int:
     return features.hardware_columns("none")[features.KINDS_ONLY.index("is_tpu")]
 
 
-def _fill(machine: np.ndarray, descriptor: np.ndarray, fill: str) -> np.ndarray:
-    """The fill columns of one row: none ("none"); the kernel's fill ("all", or "tpu" on a TPU);
-    missing values on other hardware under "tpu", so that no split on them tells those kernels
-    apart (the trees send every missing value the same way)."""
+def _reads_fill(fill: str, on_tpu: bool) -> bool:
+    """Whether a kernel's row carries its fill under `fill` (FILL): always with "all", on a TPU
+    with "tpu"."""
     if fill not in FILL:
         raise ValueError(f"unknown fill {fill!r}; valid: {', '.join(FILL)}")
+    return fill == "all" or (fill == "tpu" and on_tpu)
+
+
+def _fill(machine: np.ndarray, fill: str, reads: bool) -> np.ndarray:
+    """The fill columns of one row: none under "none"; the kernel's fill where it `reads` it
+    (`_reads_fill`); else missing values, so that no split on them tells those kernels apart
+    (the trees send every missing value the same way)."""
     if fill == "none":
-        return machine[:0]
-    if fill == "all" or descriptor[_tpu_column()] > 0:
-        return machine
-    return np.full(features.FILL_DIM, np.nan, dtype=machine.dtype)
+        return np.zeros(0, dtype=np.float32)
+    return machine if reads else np.full(features.FILL_DIM, np.nan, dtype=np.float32)
 
 
 def flat_features(graphs: Sequence[Data], hardware: str = "all", fill: str = "none") -> np.ndarray:
@@ -104,7 +108,8 @@ def flat_features(graphs: Sequence[Data], hardware: str = "all", fill: str = "no
     (`features.machine_fill`) on the hardware `fill` names (`FILL`)."""
     cols = list(features.hardware_columns(hardware))
     rows = [_row(g.x.numpy(), g.hw[0, cols].numpy(), g.config[0].numpy(), g.roofline[0].numpy(),
-                 _fill(g.fill[0].numpy(), g.hw[0].numpy(), fill)) for g in graphs]
+                 _fill(g.fill[0].numpy(), fill, _reads_fill(fill, bool(g.hw[0, _tpu_column()] > 0))))
+            for g in graphs]
     return np.stack(rows) if rows else np.zeros((0, 0))
 
 
@@ -113,13 +118,14 @@ def kernel_features(kernels: Sequence[tuple[Subdiagram, KernelConfig | None]], h
     """`flat_features` and `roofline_ln` of the graphs `features.to_data` would build for
     (subdiagram, config) pairs on `hw`, without building them (no edges, no tensors)."""
     cols = list(features.hardware_columns(hardware))
+    reads = _reads_fill(fill, hw.kind == "tpu")  # one target: computed only where it is read
     rows, ln = [], []
     for sub, config in kernels:
-        descriptor, config_row, roofline, machine = features.graph_features(sub, hw, config)
-        descriptor = np.array(descriptor, dtype=np.float32)
-        rows.append(_row(np.array(features.node_features(sub), dtype=np.float32), descriptor[cols],
+        descriptor, config_row, roofline, machine = features.graph_features(sub, hw, config, fill=reads)
+        rows.append(_row(np.array(features.node_features(sub), dtype=np.float32),
+                         np.array(descriptor, dtype=np.float32)[cols],
                          *(np.array(r, dtype=np.float32) for r in (config_row, roofline)),
-                         _fill(np.array(machine, dtype=np.float32), descriptor, fill)))
+                         _fill(np.array(machine, dtype=np.float32), fill, reads)))
         ln.append(roofline[3])
     if not rows:
         return np.zeros((0, 0)), np.zeros(0)
