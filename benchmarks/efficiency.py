@@ -29,19 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from costmodel.data.schema import DATASETS_DIR  # noqa: E402
 from costmodel.models import features  # noqa: E402
+from costmodel.models.examples import kernel_class  # noqa: E402
 from costmodel.models.train import training_graphs  # noqa: E402
 
 CLASSES = 12  # rows: the classes with the most measured time
 DECADES = tuple(range(-6, 0))  # --by duration: 1 us (and under) to 0.1 s (and over) at peak
-
-
-def kernel_class(x) -> str:
-    """The op kind of a one-vertex kernel graph; "fused" for a graph of several vertices."""
-    vertex = x[:, 0] > 0
-    if int(vertex.sum()) != 1:
-        return "fused"
-    kinds = x[vertex, len(features.NODE_TYPES):len(features.NODE_TYPES) + len(features.OP_KINDS)]
-    return features.OP_KINDS[int(kinds.argmax())]
 
 
 def main(argv=None) -> int:
@@ -58,7 +50,7 @@ def main(argv=None) -> int:
         if args.source and g.source != args.source:
             continue
         ln = float(g.y[0])
-        ratios[(g.hardware, kernel_class(g.x))].append((ln - float(features.roofline_ln_ms(g)[0]), math.exp(ln)))
+        ratios[(g.hardware, kernel_class(g))].append((ln - float(features.roofline_ln_ms(g)[0]), math.exp(ln)))
     machines = sorted({h for h, _ in ratios})
     time_of = defaultdict(float)
     for (_, kind), rows in ratios.items():
@@ -83,7 +75,7 @@ def by_duration(graphs, source: str, release: str) -> int:
     """The `--by duration` table (module docstring)."""
     fractions: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for g in graphs:
-        if (source and g.source != source) or kernel_class(g.x) != "matmul":
+        if (source and g.source != source) or kernel_class(g) != "matmul":
             continue
         compute_s = 10.0 ** float(g.roofline[0, 0])
         decade = min(max(math.floor(math.log10(compute_s)), DECADES[0]), DECADES[-1])

@@ -181,6 +181,41 @@ def _fold_table(runs: list[dict], key: str, title: str, floor: dict | None = Non
     return lines + [""]
 
 
+def _shots_table(runs: list[dict]) -> list[str]:
+    """Leave one GPU out again, a few of the held-out GPU's own matmuls timed (`ev.few_shot`);
+    nothing for JSONs written before 2026-12-07 evening, which have no shots."""
+    folds, methods = list(runs[0]["logo"]), runs[0]["methods"]
+    shots = list(runs[0]["logo"][folds[0]].get("shot_model_mape") or {}) if folds else []
+    if not shots:
+        return []
+    lines = ["### Leave one GPU out, a few of its own kernels timed", "",
+             f"The held-out GPU's user times k of its matmuls (drawn from its micro-benchmark rows "
+             f"of the source that measured its models, {ev.DRAWS} draws per seed); each method's "
+             "times on that GPU are scaled by the median of measured over predicted on those k "
+             "(`base.calibration`), the composition fitted without the GPU as before. k = 0 is "
+             "the table above. This is not the targets' protocol: the GPU is no longer unseen.", "",
+             "| held out | k | " + " | ".join(f"{m} models" for m in methods) + " | "
+             + " | ".join(f"{m} kernels" for m in methods) + " |",
+             "|---|---:|" + "---:|" * (2 * len(methods))]
+    for fold in folds:
+        s = [r["logo"][fold] for r in runs]
+        lines.append(f"| {fold} | 0 | " + " | ".join(_agg([x["model_mape"][m] for x in s]) for m in methods)
+                     + " | " + " | ".join(_agg([x["mape"][m] for x in s]) for m in methods) + " |")
+        for k in shots:
+            lines.append(f"| | {k} | "
+                         + " | ".join(_agg([x["shot_model_mape"][k][m] for x in s]) for m in methods)
+                         + " | " + " | ".join(_agg([x["shot_mape"][k][m] for x in s]) for m in methods) + " |")
+    means = []
+    for k in ["0", *shots]:
+        cells = []
+        for m in methods:
+            per_seed = [statistics.fmean(r["logo"][f]["model_mape"][m] if k == "0" else
+                                         r["logo"][f]["shot_model_mape"][k][m] for f in folds) for r in runs]
+            cells.append(_agg(per_seed))
+        means.append(f"| mean of the {len(folds)} | {k} | " + " | ".join(cells) + " |" + " |" * len(methods))
+    return lines + means + [""]
+
+
 def _h100_tables(runs: list[dict], shipped: dict) -> list[str]:
     rows, methods = {"seeds": [r["h100"] for r in runs]}, runs[0]["methods"]
     lines = ["### The H100 hold-out", "",
@@ -334,6 +369,7 @@ def render(runs: list[dict], shipped: dict, meta: dict,
     lines.append("")
     lines += _targets(runs, shipped, floor)
     lines += _fold_table(runs, "logo", "Leave one GPU out", floor)
+    lines += _shots_table(runs)
     lines += _fold_table(runs, "lomo", "Leave one model family out", floor)
     lines += _h100_tables(runs, shipped)
     lines += _ranking_table(runs)

@@ -317,7 +317,9 @@ def _learn(args) -> int:
         title = f"Leave one model family out ({data.name}, seed {cfg.seed})"
     if args.json:
         print(json.dumps({k: {"kernels": v.n, "kernel_mape": v.mape, "models": v.models,
-                              "model_mape": v.model_mape} for k, v in rows.items()}, indent=1))
+                              "model_mape": v.model_mape, "shot_kernel_mape": v.shot_mape,
+                              "shot_model_mape": v.shot_model_mape} for k, v in rows.items()},
+                         indent=1))
     else:
         print(format_table(title, rows))
     return 0

@@ -72,6 +72,16 @@ def _fit_scale(totals: np.ndarray, launches: np.ndarray, measured: np.ndarray, b
     return max(float(x @ (1 - b * launches / measured) / (x @ x)), 0.0)
 
 
+def calibration(predicted_ln: np.ndarray, measured_ln: np.ndarray) -> float:
+    """ln of the scale that takes a model's kernel times on one target to that target's own: the
+    median of measured less predicted ln(ms) over a few of its kernels timed there (a handful
+    of GEMMs), so one odd timing moves it little. What a machine does under load (its clocks,
+    its harness) that no descriptor tells, learnt from the machine itself."""
+    if len(predicted_ln) != len(measured_ln) or not len(measured_ln):
+        raise ValueError(f"{len(predicted_ln)} predictions for {len(measured_ln)} measured kernels")
+    return float(np.median(np.asarray(measured_ln, float) - np.asarray(predicted_ln, float)))
+
+
 @dataclass(frozen=True)
 class Composition:
     """Whole-model time from kernel times: a * sum(kernel ms) + b * kernels launched, fitted on

@@ -15,9 +15,10 @@ import hashlib
 import json
 import math
 import sys
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,8 @@ from costmodel.data.shards import read_table
 from costmodel.errors import UserError
 from costmodel.ir.diagram import Diagram, Subdiagram
 from costmodel.ir.plan import KernelConfig, eager_partition
-from costmodel.models.base import Composition
-from costmodel.models.examples import Workload, programs_of, workload_sums
+from costmodel.models.base import Composition, calibration
+from costmodel.models.examples import Workload, kernel_class, programs_of, workload_sums
 from costmodel.models.features import to_data
 from costmodel.models.gbdt import GBDTConfig, GBDTCostModel, roofline_ln
 from costmodel.models.gnn import GNNConfig
@@ -108,9 +109,14 @@ class Scores:
     n: int  # kernels scored
     model_mape: dict[str, float]  # method -> whole-model MAPE
     models: int  # whole models scored
+    # A few of the held-out GPU's own kernels timed (`few_shot`): shots -> method -> MAPE
+    shot_mape: dict[str, dict[str, float]] = field(default_factory=dict)  # the other kernels
+    shot_model_mape: dict[str, dict[str, float]] = field(default_factory=dict)  # whole models
 
 
 METHODS = ("gnn", "gbdt", "hybrid", "roofline")  # hybrid: the GNN's and the GBDT's mean ln(ms)
+SHOTS = (8, 32)  # a held-out GPU's own matmuls its user times (`few_shot`): a handful, a few more
+DRAWS = 5  # draws of the shots per fold, their scores averaged
 
 
 def fit_methods(graphs: Sequence[Data], cfg: GNNConfig, methods: Sequence[str] = METHODS, *,
@@ -138,15 +144,113 @@ def fit_methods(graphs: Sequence[Data], cfg: GNNConfig, methods: Sequence[str] =
     return out
 
 
+def shot_pool(test_graphs: Sequence[Data], test_w: Sequence[Workload]) -> list[int]:
+    """Which of a held-out GPU's kernels its user could time as shots: one-op matmuls of no
+    model (micro-benchmarks, so no held-out model's own kernel is seen), measured by the source
+    that measured its whole models (the same machine in the same state, the same harness)."""
+    models = {w.diagram_hash for w in test_w}
+    hashes = [getattr(g, "diagram_hash", "") for g in test_graphs]
+    sources = [getattr(g, "source", "") for g in test_graphs]
+    measured_models = {src for src, h in zip(sources, hashes) if h in models}
+    return [i for i, g in enumerate(test_graphs) if not hashes[i] and sources[i] in measured_models
+            and kernel_class(g) == "matmul"]
+
+
+MATMULS = ("matmul", "conv")  # the kernel classes a calibration on matmuls scales
+
+
+def _shot_orders(graphs: Sequence[Data], workloads: Sequence[Workload], seed: int,
+                 draws: int, most: int) -> list[list[Data]]:
+    """`draws` draws of up to `most` shots from one GPU's `shot_pool`, in the order a user of
+    that GPU would time them (the first k are the k shots). They depend on `seed` and the GPU's
+    name alone: the same shots whether the GPU is held out or trained on, whichever folds run."""
+    pool = np.array(shot_pool(graphs, workloads))
+    if not len(pool):
+        return []
+    rng = np.random.default_rng([seed, zlib.crc32(graphs[0].hardware.encode())])
+    return [[graphs[i] for i in rng.permutation(pool)[:most]] for _ in range(draws)]
+
+
+def _parts(fn: Callable[[Sequence[Data]], np.ndarray],
+           workloads: Sequence[Workload]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per workload: its kernels' predicted ln(ms), which are matmuls (`MATMULS`), and repeats."""
+    return [(fn(list(w.graphs)), np.array([kernel_class(g) in MATMULS for g in w.graphs]),
+             np.asarray(w.repeats, float)) for w in workloads]
+
+
+def _calibrated_totals(parts, shifts: Sequence[float]) -> np.ndarray:
+    return np.array([float(np.exp(ln + shift * mm) @ r) for (ln, mm, r), shift in zip(parts, shifts)])
+
+
+def few_shot(fns: dict[str, Callable[[Sequence[Data]], np.ndarray]], pred_ln: dict[str, np.ndarray],
+             train_graphs: Sequence[Data], test_graphs: Sequence[Data],
+             train_w: Sequence[Workload], test_w: Sequence[Workload], *,
+             shots: Sequence[int] = SHOTS, draws: int = DRAWS,
+             seed: int = 0) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Each method (`fns`; `pred_ln`, its ln(ms) of `test_graphs`) with k of the held-out GPU's
+    matmuls timed, for each k in `shots` (`_shot_orders`): its matmul kernels' times on that GPU
+    scaled by their `calibration` on the shots (other kernels are not matmul-bound and keep
+    their price), scored on the GPU's other kernels and on its whole models. Every training GPU
+    is calibrated the same way by k of its own, and the composition fitted on those calibrated
+    kernels, so a scale the composition learnt for uncalibrated prices is not applied twice.
+    The mean over `draws` draws, the same shots for every method. A k larger than the held-out
+    GPU's pool is left out."""
+    measured = measured_ln(test_graphs)
+    mm = np.array([kernel_class(g) in MATMULS for g in test_graphs])
+    test_orders = _shot_orders(test_graphs, test_w, seed, draws, max(shots))
+    held = {id(g): i for i, g in enumerate(test_graphs)}
+    gpus = sorted({w.hardware for w in train_w})
+    by_gpu = defaultdict(list)
+    for g in train_graphs:
+        by_gpu[g.hardware].append(g)
+    train_orders = {gpu: _shot_orders(by_gpu[gpu], [w for w in train_w if w.hardware == gpu], seed,
+                                      draws, max(shots)) for gpu in gpus if by_gpu.get(gpu)}
+    launches = np.array([float(sum(w.repeats)) for w in train_w])
+    train_ms = np.array([w.measured_ms for w in train_w])
+    hardware, test_hardware = [w.hardware for w in train_w], [w.hardware for w in test_w]
+    test_ms = np.array([w.measured_ms for w in test_w])
+    test_launches = np.array([float(sum(w.repeats)) for w in test_w])
+    kernel: dict[str, dict[str, float]] = {}
+    model: dict[str, dict[str, float]] = {}
+    for m, fn in fns.items():
+        train_parts, test_parts = _parts(fn, train_w), _parts(fn, test_w)
+        shot_ln = {gpu: [fn(order) for order in orders] for gpu, orders in train_orders.items()}
+        for k in shots:
+            if not test_orders or k > len(test_orders[0]):
+                continue
+            per_kernel, per_model = [], []
+            for d, order in enumerate(test_orders):
+                idx = np.array([held[id(g)] for g in order[:k]])
+                shift = calibration(pred_ln[m][idx], measured[idx])
+                rest = np.ones(len(test_graphs), bool)
+                rest[idx] = False
+                per_kernel.append(mape(np.exp(pred_ln[m][rest] + shift * mm[rest]), np.exp(measured[rest])))
+                own = {gpu: calibration(shot_ln[gpu][d][:k], measured_ln(train_orders[gpu][d][:k]))
+                       for gpu in train_orders}
+                comp = Composition.fit(_calibrated_totals(train_parts, [own.get(h, 0.0) for h in hardware]),
+                                       launches, train_ms, hardware)
+                totals = _calibrated_totals(test_parts, [shift] * len(test_w))
+                per_model.append(mape(comp(totals, test_launches, test_hardware), test_ms)
+                                 if test_w else float("nan"))
+            kernel.setdefault(str(k), {})[m] = float(np.mean(per_kernel))
+            model.setdefault(str(k), {})[m] = float(np.mean(per_model))
+    return kernel, model
+
+
 def score_fold(train_graphs: Sequence[Data], test_graphs: Sequence[Data],
                train_w: Sequence[Workload], test_w: Sequence[Workload], *,
                cfg: GNNConfig, gbdt: GBDTConfig | None = None, methods: Sequence[str] = METHODS,
-               progress: bool = False) -> Scores:
-    """Train the learned methods on one side, score them and the roofline on the other."""
-    true = np.exp([float(g.y[0]) for g in test_graphs])
+               shots: Sequence[int] = (), progress: bool = False) -> Scores:
+    """Train the learned methods on one side, score them and the roofline on the other; with
+    `shots`, also with a few of the held-out side's kernels timed (`few_shot`)."""
+    true = np.exp(measured_ln(test_graphs))
     fns = fit_methods(train_graphs, cfg, methods, gbdt=gbdt, progress=progress)
-    return Scores({k: mape(np.exp(f(test_graphs)), true) for k, f in fns.items()}, len(test_graphs),
-                  {k: model_mape(f, train_w, test_w) for k, f in fns.items()}, len(test_w))
+    pred = {k: f(test_graphs) for k, f in fns.items()}
+    whole = {k: model_mape(f, train_w, test_w) for k, f in fns.items()}
+    kernel, model = few_shot(fns, pred, train_graphs, test_graphs, train_w, test_w, shots=shots,
+                             seed=cfg.seed) if shots else ({}, {})
+    return Scores({k: mape(np.exp(p), true) for k, p in pred.items()}, len(test_graphs), whole,
+                  len(test_w), kernel, model)
 
 
 def _note(progress: bool, text: str) -> None:
@@ -164,11 +268,13 @@ def by_hardware(graphs: Sequence[Data]) -> dict[str, list[int]]:
 
 def leave_one_gpu_out(graphs: Sequence[Data], workloads: Sequence[Workload], *, cfg: GNNConfig,
                       gbdt: GBDTConfig | None = None, gpus: Sequence[str] | None = None,
-                      methods: Sequence[str] = METHODS, progress: bool = True) -> dict[str, Scores]:
+                      methods: Sequence[str] = METHODS, shots: Sequence[int] = SHOTS,
+                      progress: bool = True) -> dict[str, Scores]:
     """Per GPU (default: every GPU with whole-model measurements): train on every other
     machine's kernels (and fit the whole-model composition on every other GPU's models), score
-    this GPU's kernels and whole models. Each fold's training starts from the config's seed, so
-    a fold scores the same whichever folds run with it."""
+    this GPU's kernels and whole models, and again with `shots` of its own matmuls timed
+    (`few_shot`; () for none). Each fold's training starts from the config's seed, so a fold
+    scores the same whichever folds run with it."""
     groups = by_hardware(graphs)
     gpus = list(gpus or sorted({w.hardware for w in workloads} & set(groups)))
     missing = [g for g in gpus if g not in groups]
@@ -183,7 +289,7 @@ def leave_one_gpu_out(graphs: Sequence[Data], workloads: Sequence[Workload], *, 
         test_set = [graphs[i] for i in sorted(held)]
         out[gpu] = score_fold(train_set, test_set, [w for w in workloads if w.hardware != gpu],
                               [w for w in workloads if w.hardware == gpu], cfg=cfg, gbdt=gbdt,
-                              methods=methods, progress=progress)
+                              methods=methods, shots=shots, progress=progress)
     return out
 
 
@@ -224,6 +330,16 @@ def format_table(title: str, rows: dict[str, Scores]) -> str:
     for name, s in rows.items():
         lines.append(f"| {name} | {s.n} | " + " | ".join(pct(s.mape[m]) for m in methods)
                      + f" | {s.models} | " + " | ".join(pct(s.model_mape[m]) for m in methods) + " |")
+    shot_rows = [(name, k, s) for name, s in rows.items() for k in s.shot_model_mape]
+    if shot_rows:
+        lines += ["", f"With a few of the held-out GPU's own matmuls timed (`few_shot`, mean of {DRAWS} "
+                  "draws): kernel MAPE on its other kernels, whole-model MAPE", "",
+                  "| held out | shots | " + " | ".join(f"{m} kernel MAPE" for m in methods) + " | "
+                  + " | ".join(f"{m} model MAPE" for m in methods) + " |",
+                  "|---|---:|" + "---:|" * (2 * len(methods))]
+        for name, k, s in shot_rows:
+            lines.append(f"| {name} | {k} | " + " | ".join(pct(s.shot_mape[k][m]) for m in methods)
+                         + " | " + " | ".join(pct(s.shot_model_mape[k][m]) for m in methods) + " |")
     return "\n".join(lines)
 
 

@@ -165,6 +165,16 @@ def labels(graphs: Sequence[Data], kind: str = "measured",
     return out
 
 
+def kernel_class(graph: Data) -> str:
+    """The op kind of a one-vertex kernel example (its node features, `features.node_features`);
+    "fused" for a kernel of several vertices."""
+    vertex = graph.x[:, 0] > 0
+    if int(vertex.sum()) != 1:
+        return "fused"
+    start = len(features.NODE_TYPES)
+    return features.OP_KINDS[int(graph.x[vertex, start:start + len(features.OP_KINDS)].argmax())]
+
+
 def programs_of(directory: str | Path, hashes: set[str]) -> dict[str, Subdiagram]:
     """Each stored diagram of `hashes` as one subdiagram: a whole program run as one unit."""
     from costmodel.data.loader import diagrams

@@ -2,7 +2,7 @@
 much, and the GNN's own target is read as the issue writes it."""
 import pytest
 
-from benchmarks.unseen_hardware import DEFAULT_COST_MODEL, _fold_table, _rescored, _targets
+from benchmarks.unseen_hardware import DEFAULT_COST_MODEL, _fold_table, _rescored, _shots_table, _targets
 
 
 def _run(p4_gbdt: float, a100: dict) -> dict:
@@ -96,3 +96,21 @@ def test_a_set_value_is_json_where_it_parses_else_text():
 
     assert _value("true") is True and _value("3") == 3 and _value("[64, 64]") == [64, 64]
     assert _value("tpu") == "tpu" and _value("none") == "none" and _value("physical") == "physical"
+
+
+def test_the_few_shot_table_shows_each_fold_unseen_then_with_its_shots():
+    a100 = {"gnn": 0.04, "gbdt": 0.05, "hybrid": 0.045, "roofline": 0.2}
+    runs = [_run(0.10, a100), _run(0.16, a100)]
+    assert _shots_table(runs) == []  # a report of before the shots: no table
+    for r, scale in zip(runs, (1.0, 0.5)):
+        for fold in r["logo"].values():
+            fold.update(mape=fold["model_mape"], shot_mape={"8": {m: 0.1 * scale for m in r["methods"]}},
+                        shot_model_mape={"8": {m: 0.02 * scale for m in r["methods"]}})
+    table = _shots_table(runs)
+    p4 = table.index(next(line for line in table if line.startswith("| p4 | 0 |")))
+    assert table[p4].startswith("| p4 | 0 | 20.0% (20.0-20.0) | 13.0% (10.0-16.0) |")
+    assert table[p4 + 1].startswith("| | 8 | 1.5% (1.0-2.0) |")
+    assert table[p4 + 1].endswith("| 7.5% (5.0-10.0) |")
+    # The mean over the folds, per seed, then over the seeds: the GBDT unseen (5+10)/2 and (5+16)/2.
+    mean = next(line for line in table if line.startswith("| mean of the 2 | 0 |"))
+    assert "| 9.0% (7.5-10.5) |" in mean

@@ -294,3 +294,61 @@ def test_holding_out_hardware_the_data_lacks_names_what_it_has(capture):
 
     with pytest.raises(UserError, match="no kernels measured on h999; hardware in the data: a100, t4"):
         leave_one_gpu_out(examples(capture), [], cfg=GNNConfig(), gpus=["h999"], progress=False)
+
+
+def test_calibration_is_the_median_ratio_of_measured_to_predicted():
+    from costmodel.models.base import calibration
+
+    # Three kernels at twice their predicted time and one odd timing: the odd one moves nothing.
+    assert calibration(np.zeros(4), np.log([2.0, 2.0, 2.0, 50.0])) == pytest.approx(np.log(2.0))
+    with pytest.raises(ValueError, match="2 predictions for 1 measured"):
+        calibration(np.zeros(2), np.zeros(1))
+    with pytest.raises(ValueError):
+        calibration(np.zeros(0), np.zeros(0))
+
+
+def test_few_shot_scales_a_held_out_gpu_by_its_own_matmuls(capture):
+    """A model that prices every matmul at half its time is off on both GPUs; with any number of
+    each GPU's own matmul micro-benchmarks timed it is exact on the held-out GPU's other kernels
+    and its whole models (the composition fitted on the training GPU's calibrated kernels). A
+    model off on every kernel is mended on the matmuls alone. Only matmuls of no model, from the
+    source that measured the models, are shots."""
+    import math
+
+    from costmodel.models.evaluate import few_shot, shot_pool
+    from costmodel.models.examples import Workload, kernel_class
+
+    from .test_gnn import examples
+
+    def setup(target):
+        graphs = examples(capture, targets=(target,))
+        matmuls = [i for i, g in enumerate(graphs) if kernel_class(g) == "matmul"]
+        for g in graphs:
+            g.source, g.diagram_hash = "neusight", ""
+        graphs[matmuls[0]].diagram_hash = "h"  # the model's own kernel: never a shot
+        graphs[matmuls[1]].source = "deepbench"  # another harness: never a shot
+        workloads = []
+        for n in (2, 3, 5):  # models of different sizes, so the composition's fit is determined
+            kernels = graphs[:n]
+            total = sum(math.exp(float(g.y[0])) for g in kernels)
+            workloads.append(Workload(f"bert_large-inf-32-{n}", target, total, tuple(kernels), (1,) * n, "h"))
+        return graphs, workloads, matmuls
+
+    test, test_w, matmuls = setup("t4")
+    train, train_w, _ = setup("a100")
+    assert len(matmuls) >= 6 and shot_pool(test, test_w) == matmuls[2:]
+    exact = {id(g): float(g.y[0]) for g in (*test, *train)}
+    is_mm = {id(g): kernel_class(g) == "matmul" for g in (*test, *train)}
+    fns = {"gbdt": lambda gs: np.array([exact[id(g)] - math.log(2.0) * is_mm[id(g)] for g in gs]),
+           "roofline": lambda gs: np.array([exact[id(g)] + math.log(2.0) for g in gs])}
+    pred = {m: f(test) for m, f in fns.items()}
+    kernel, whole = few_shot(fns, pred, train, test, train_w, test_w, shots=(1, 3, 99), draws=3, seed=0)
+    assert set(kernel) == set(whole) == {"1", "3"}  # more shots than the pool holds: left out
+    others = sum(not is_mm[id(g)] for g in test)
+    for k in (1, 3):
+        assert kernel[str(k)]["gbdt"] == pytest.approx(0) and whole[str(k)]["gbdt"] == pytest.approx(0)
+        # The roofline's other kernels stay twice their time: 100% off each, the k shots not scored.
+        assert kernel[str(k)]["roofline"] == pytest.approx(others / (len(test) - k))
+    # Draws depend on the seed and the GPU alone: the same call gives the same figures.
+    again = few_shot(fns, pred, train, test, train_w, test_w, shots=(1, 3, 99), draws=3, seed=0)
+    assert again == (kernel, whole)
