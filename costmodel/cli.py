@@ -136,6 +136,9 @@ def _parser() -> ArgumentParser:
     p.add_argument("--methods", default="gnn,gbdt,hybrid,roofline",
                    help="comma-separated methods to score (default gnn,gbdt,hybrid,roofline; the "
                         "hybrid is the mean of the GNN's and the GBDT's ln(ms))")
+    p.add_argument("--shots", default="8,32",
+                   help="leave-one-gpu-out: also score each fold with this many of the held-out "
+                        "GPU's own matmuls timed, comma-separated ('' for none; default 8,32)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("serve", help="serve predictions as JSON over HTTP")
@@ -281,7 +284,6 @@ def _learn(args) -> int:
         if floors:
             print("timing floors taken off each row (us): " + ", ".join(f"{k} {v}" for k, v in floors.items()))
         return 0
-    graphs = training_graphs(data, DATASETS_DIR / "cache")
     from costmodel.models.evaluate import (
         format_ranking_table,
         format_table,
@@ -299,6 +301,14 @@ def _learn(args) -> int:
     if "hybrid" in methods and not {"gnn", "gbdt"} <= set(methods):
         raise UserError("--methods hybrid needs gnn and gbdt too: it is their mean")
 
+    try:
+        shots = tuple(int(k) for k in args.shots.split(",") if k.strip())
+    except ValueError:
+        shots = ()
+    if any(k <= 0 for k in shots) or (args.shots.strip() and not shots):
+        raise UserError(f"--shots {args.shots!r}: give counts of kernels above 0, comma-separated "
+                        "(8,32), or '' for none")
+    graphs = training_graphs(data, DATASETS_DIR / "cache")  # minutes the first time: after the checks
     if args.protocol == "ranking":
         ranked = ranking(graphs, ranking_groups(data), cfg=cfg, gbdt=gbdt, methods=methods)
         if args.json:
@@ -309,7 +319,7 @@ def _learn(args) -> int:
         return 0
     if args.protocol == "leave-one-gpu-out":
         rows = leave_one_gpu_out(graphs, model_workloads(data), cfg=cfg, gbdt=gbdt, methods=methods,
-                                 gpus=args.gpus.split(",") if args.gpus else None)
+                                 gpus=args.gpus.split(",") if args.gpus else None, shots=shots)
         title = f"Leave one GPU out ({data.name}, seed {cfg.seed})"
     else:
         rows = leave_one_model_out(graphs, model_workloads(data), cfg=cfg, gbdt=gbdt,

@@ -118,3 +118,7 @@ def test_learning_commands_refuse_what_they_cannot_learn_from(tmp_path, capsys):
     assert "--labels is the GBDT's" in capsys.readouterr().err
     assert main(["eval", "--protocol", "leave-one-gpu-out", "--labels", "wall"]) == 2
     assert f"choose from {', '.join(repr(k) for k in LABELS)}" in capsys.readouterr().err
+    for bad in ("0", "8,x", ","):  # refused before the release's kernels are read (minutes)
+        assert main(["eval", "--protocol", "leave-one-gpu-out", "--methods", "roofline", "--shots", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--shots {bad!r}" in err and "'' for none" in err

@@ -352,3 +352,13 @@ def test_few_shot_scales_a_held_out_gpu_by_its_own_matmuls(capture):
     # Draws depend on the seed and the GPU alone: the same call gives the same figures.
     again = few_shot(fns, pred, train, test, train_w, test_w, shots=(1, 3, 99), draws=3, seed=0)
     assert again == (kernel, whole)
+
+
+def test_the_eval_table_shows_the_few_shot_scores_beneath_the_unseen_ones():
+    from costmodel.models.evaluate import Scores, format_table
+
+    plain = Scores({"gbdt": 0.2}, 10, {"gbdt": 0.15}, 3)
+    assert "shots" not in format_table("t", {"t4": plain})
+    shot = Scores({"gbdt": 0.2}, 10, {"gbdt": 0.15}, 3, {"8": {"gbdt": 0.18}}, {"8": {"gbdt": 0.09}})
+    lines = format_table("t", {"t4": shot}).splitlines()
+    assert lines[-1] == "| t4 | 8 | 18.0% | 9.0% |" and "| held out | shots |" in lines[-3]
