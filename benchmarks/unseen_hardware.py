@@ -191,9 +191,11 @@ def _shots_table(runs: list[dict]) -> list[str]:
     lines = ["### Leave one GPU out, a few of its own kernels timed", "",
              f"The held-out GPU's user times k of its matmuls (drawn from its micro-benchmark rows "
              f"of the source that measured its models, {ev.DRAWS} draws per seed); each method's "
-             "times on that GPU are scaled by the median of measured over predicted on those k "
-             "(`base.calibration`), the composition fitted without the GPU as before. k = 0 is "
-             "the table above. This is not the targets' protocol: the GPU is no longer unseen.", "",
+             "matmul kernels on that GPU are scaled by the median of measured over predicted on "
+             "those k (`base.calibration`), other kernels keep their price, and the composition is "
+             "fitted without the GPU on training GPUs calibrated the same way by k of their own. "
+             "k = 0 is the table above. This is not the targets' protocol: the GPU is no longer "
+             "unseen.", "",
              "| held out | k | " + " | ".join(f"{m} models" for m in methods) + " | "
              + " | ".join(f"{m} kernels" for m in methods) + " |",
              "|---|---:|" + "---:|" * (2 * len(methods))]

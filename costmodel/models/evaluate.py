@@ -60,15 +60,42 @@ def top_k_error(pred: Sequence[float], true: Sequence[float], k: int) -> float:
     return (min(true[i] for i in order) - best) / best
 
 
-def model_mape(ln_fn: Callable[[Sequence[Data]], np.ndarray], train_w: Sequence[Workload],
-               test_w: Sequence[Workload]) -> float:
-    """Whole-model MAPE on `test_w`, with the composition fitted on `train_w` (each GPU's own
-    scale where `train_w` has enough of its models)."""
+Parts = list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per workload: ln(ms), matmul?, repeats
+
+
+def workload_parts(fn: Callable[[Sequence[Data]], np.ndarray], workloads: Sequence[Workload]) -> Parts:
+    """Per workload: its kernels' ln(ms) by `fn`, which are matmuls (`MATMULS`), and repeats."""
+    return [(fn(list(w.graphs)), np.array([kernel_class(g) in MATMULS for g in w.graphs], bool),
+             np.asarray(w.repeats, float)) for w in workloads]
+
+
+def composed_mape(train: Parts, test: Parts, train_w: Sequence[Workload], test_w: Sequence[Workload],
+                  train_shift: Sequence[float] | None = None, test_shift: float = 0.0) -> float:
+    """Whole-model MAPE on `test_w`, the composition fitted on `train_w` (each GPU's own scale
+    where they hold enough of its models); with shifts (`few_shot`), each side's matmul kernels
+    scaled by exp(shift) first (`train_shift`: one per training workload)."""
     if not test_w:
         return float("nan")
-    comp = Composition.fit(*workload_sums(ln_fn, train_w), [w.hardware for w in train_w])
-    totals, launches, measured = workload_sums(ln_fn, test_w)
-    return mape(comp(totals, launches, [w.hardware for w in test_w]), measured)
+
+    def totals(parts: Parts, shifts: Sequence[float]) -> np.ndarray:
+        return np.array([float(np.exp(ln + shift * mm) @ r) for (ln, mm, r), shift in zip(parts, shifts)])
+
+    def launches(ws: Sequence[Workload]) -> np.ndarray:
+        return np.array([float(sum(w.repeats)) for w in ws])
+
+    hardware = [w.hardware for w in train_w]
+    comp = Composition.fit(totals(train, train_shift or [0.0] * len(train_w)), launches(train_w),
+                           np.array([w.measured_ms for w in train_w]), hardware)
+    predicted = comp(totals(test, [test_shift] * len(test_w)), launches(test_w), [w.hardware for w in test_w])
+    return mape(predicted, np.array([w.measured_ms for w in test_w]))
+
+
+def model_mape(ln_fn: Callable[[Sequence[Data]], np.ndarray], train_w: Sequence[Workload],
+               test_w: Sequence[Workload]) -> float:
+    """Whole-model MAPE on `test_w` of `ln_fn`'s kernel times, composed as fitted on `train_w`."""
+    if not test_w:
+        return float("nan")
+    return composed_mape(workload_parts(ln_fn, train_w), workload_parts(ln_fn, test_w), train_w, test_w)
 
 
 def measured_ln(graphs: Sequence[Data]) -> np.ndarray:
@@ -117,6 +144,7 @@ class Scores:
 METHODS = ("gnn", "gbdt", "hybrid", "roofline")  # hybrid: the GNN's and the GBDT's mean ln(ms)
 SHOTS = (8, 32)  # a held-out GPU's own matmuls its user times (`few_shot`): a handful, a few more
 DRAWS = 5  # draws of the shots per fold, their scores averaged
+MATMULS = ("matmul", "conv")  # the kernel classes a calibration on matmuls scales
 
 
 def fit_methods(graphs: Sequence[Data], cfg: GNNConfig, methods: Sequence[str] = METHODS, *,
@@ -156,9 +184,6 @@ def shot_pool(test_graphs: Sequence[Data], test_w: Sequence[Workload]) -> list[i
             and kernel_class(g) == "matmul"]
 
 
-MATMULS = ("matmul", "conv")  # the kernel classes a calibration on matmuls scales
-
-
 def _shot_orders(graphs: Sequence[Data], workloads: Sequence[Workload], seed: int,
                  draws: int, most: int) -> list[list[Data]]:
     """`draws` draws of up to `most` shots from one GPU's `shot_pool`, in the order a user of
@@ -171,49 +196,32 @@ def _shot_orders(graphs: Sequence[Data], workloads: Sequence[Workload], seed: in
     return [[graphs[i] for i in rng.permutation(pool)[:most]] for _ in range(draws)]
 
 
-def _parts(fn: Callable[[Sequence[Data]], np.ndarray],
-           workloads: Sequence[Workload]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per workload: its kernels' predicted ln(ms), which are matmuls (`MATMULS`), and repeats."""
-    return [(fn(list(w.graphs)), np.array([kernel_class(g) in MATMULS for g in w.graphs]),
-             np.asarray(w.repeats, float)) for w in workloads]
-
-
-def _calibrated_totals(parts, shifts: Sequence[float]) -> np.ndarray:
-    return np.array([float(np.exp(ln + shift * mm) @ r) for (ln, mm, r), shift in zip(parts, shifts)])
-
-
 def few_shot(fns: dict[str, Callable[[Sequence[Data]], np.ndarray]], pred_ln: dict[str, np.ndarray],
-             train_graphs: Sequence[Data], test_graphs: Sequence[Data],
-             train_w: Sequence[Workload], test_w: Sequence[Workload], *,
+             parts: dict[str, tuple[Parts, Parts]], train_graphs: Sequence[Data],
+             test_graphs: Sequence[Data], train_w: Sequence[Workload], test_w: Sequence[Workload], *,
              shots: Sequence[int] = SHOTS, draws: int = DRAWS,
              seed: int = 0) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """Each method (`fns`; `pred_ln`, its ln(ms) of `test_graphs`) with k of the held-out GPU's
-    matmuls timed, for each k in `shots` (`_shot_orders`): its matmul kernels' times on that GPU
-    scaled by their `calibration` on the shots (other kernels are not matmul-bound and keep
-    their price), scored on the GPU's other kernels and on its whole models. Every training GPU
-    is calibrated the same way by k of its own, and the composition fitted on those calibrated
-    kernels, so a scale the composition learnt for uncalibrated prices is not applied twice.
-    The mean over `draws` draws, the same shots for every method. A k larger than the held-out
-    GPU's pool is left out."""
+    """Each method (`fns`; `pred_ln`, its ln(ms) of `test_graphs`; `parts`, its `workload_parts`
+    of `train_w` and `test_w`) with k of the held-out GPU's matmuls timed, for each k in `shots`
+    (`_shot_orders`): its matmul kernels' times on that GPU scaled by their `calibration` on the
+    shots (other kernels are not matmul-bound and keep their price), scored on the GPU's other
+    kernels and on its whole models. Every training GPU is calibrated the same way by k of its
+    own before the composition is fitted, so a scale the composition learnt for uncalibrated
+    prices is not applied twice. The mean over `draws` draws, the same shots for every method. A
+    k larger than the held-out GPU's pool is left out."""
     measured = measured_ln(test_graphs)
-    mm = np.array([kernel_class(g) in MATMULS for g in test_graphs])
+    mm = np.array([kernel_class(g) in MATMULS for g in test_graphs], bool)
     test_orders = _shot_orders(test_graphs, test_w, seed, draws, max(shots))
     held = {id(g): i for i, g in enumerate(test_graphs)}
-    gpus = sorted({w.hardware for w in train_w})
     by_gpu = defaultdict(list)
     for g in train_graphs:
         by_gpu[g.hardware].append(g)
     train_orders = {gpu: _shot_orders(by_gpu[gpu], [w for w in train_w if w.hardware == gpu], seed,
-                                      draws, max(shots)) for gpu in gpus if by_gpu.get(gpu)}
-    launches = np.array([float(sum(w.repeats)) for w in train_w])
-    train_ms = np.array([w.measured_ms for w in train_w])
-    hardware, test_hardware = [w.hardware for w in train_w], [w.hardware for w in test_w]
-    test_ms = np.array([w.measured_ms for w in test_w])
-    test_launches = np.array([float(sum(w.repeats)) for w in test_w])
+                                      draws, max(shots))
+                    for gpu in sorted({w.hardware for w in train_w}) if by_gpu.get(gpu)}
     kernel: dict[str, dict[str, float]] = {}
     model: dict[str, dict[str, float]] = {}
     for m, fn in fns.items():
-        train_parts, test_parts = _parts(fn, train_w), _parts(fn, test_w)
         shot_ln = {gpu: [fn(order) for order in orders] for gpu, orders in train_orders.items()}
         for k in shots:
             if not test_orders or k > len(test_orders[0]):
@@ -227,11 +235,8 @@ def few_shot(fns: dict[str, Callable[[Sequence[Data]], np.ndarray]], pred_ln: di
                 per_kernel.append(mape(np.exp(pred_ln[m][rest] + shift * mm[rest]), np.exp(measured[rest])))
                 own = {gpu: calibration(shot_ln[gpu][d][:k], measured_ln(train_orders[gpu][d][:k]))
                        for gpu in train_orders}
-                comp = Composition.fit(_calibrated_totals(train_parts, [own.get(h, 0.0) for h in hardware]),
-                                       launches, train_ms, hardware)
-                totals = _calibrated_totals(test_parts, [shift] * len(test_w))
-                per_model.append(mape(comp(totals, test_launches, test_hardware), test_ms)
-                                 if test_w else float("nan"))
+                per_model.append(composed_mape(*parts[m], train_w, test_w,
+                                               [own.get(w.hardware, 0.0) for w in train_w], shift))
             kernel.setdefault(str(k), {})[m] = float(np.mean(per_kernel))
             model.setdefault(str(k), {})[m] = float(np.mean(per_model))
     return kernel, model
@@ -242,13 +247,15 @@ def score_fold(train_graphs: Sequence[Data], test_graphs: Sequence[Data],
                cfg: GNNConfig, gbdt: GBDTConfig | None = None, methods: Sequence[str] = METHODS,
                shots: Sequence[int] = (), progress: bool = False) -> Scores:
     """Train the learned methods on one side, score them and the roofline on the other; with
-    `shots`, also with a few of the held-out side's kernels timed (`few_shot`)."""
+    `shots`, also with a few of the held-out side's kernels timed (`few_shot`). Each method
+    prices the fold's kernels and workloads once."""
     true = np.exp(measured_ln(test_graphs))
     fns = fit_methods(train_graphs, cfg, methods, gbdt=gbdt, progress=progress)
     pred = {k: f(test_graphs) for k, f in fns.items()}
-    whole = {k: model_mape(f, train_w, test_w) for k, f in fns.items()}
-    kernel, model = few_shot(fns, pred, train_graphs, test_graphs, train_w, test_w, shots=shots,
-                             seed=cfg.seed) if shots else ({}, {})
+    parts = {k: (workload_parts(f, train_w), workload_parts(f, test_w)) for k, f in fns.items()}
+    whole = {k: composed_mape(*parts[k], train_w, test_w) for k in fns}
+    kernel, model = few_shot(fns, pred, parts, train_graphs, test_graphs, train_w, test_w,
+                             shots=shots, seed=cfg.seed) if shots else ({}, {})
     return Scores({k: mape(np.exp(p), true) for k, p in pred.items()}, len(test_graphs), whole,
                   len(test_w), kernel, model)
 

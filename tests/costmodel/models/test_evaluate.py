@@ -315,7 +315,7 @@ def test_few_shot_scales_a_held_out_gpu_by_its_own_matmuls(capture):
     source that measured the models, are shots."""
     import math
 
-    from costmodel.models.evaluate import few_shot, shot_pool
+    from costmodel.models.evaluate import few_shot, shot_pool, workload_parts
     from costmodel.models.examples import Workload, kernel_class
 
     from .test_gnn import examples
@@ -342,7 +342,8 @@ def test_few_shot_scales_a_held_out_gpu_by_its_own_matmuls(capture):
     fns = {"gbdt": lambda gs: np.array([exact[id(g)] - math.log(2.0) * is_mm[id(g)] for g in gs]),
            "roofline": lambda gs: np.array([exact[id(g)] + math.log(2.0) for g in gs])}
     pred = {m: f(test) for m, f in fns.items()}
-    kernel, whole = few_shot(fns, pred, train, test, train_w, test_w, shots=(1, 3, 99), draws=3, seed=0)
+    parts = {m: (workload_parts(f, train_w), workload_parts(f, test_w)) for m, f in fns.items()}
+    kernel, whole = few_shot(fns, pred, parts, train, test, train_w, test_w, shots=(1, 3, 99), draws=3, seed=0)
     assert set(kernel) == set(whole) == {"1", "3"}  # more shots than the pool holds: left out
     others = sum(not is_mm[id(g)] for g in test)
     for k in (1, 3):
@@ -350,7 +351,7 @@ def test_few_shot_scales_a_held_out_gpu_by_its_own_matmuls(capture):
         # The roofline's other kernels stay twice their time: 100% off each, the k shots not scored.
         assert kernel[str(k)]["roofline"] == pytest.approx(others / (len(test) - k))
     # Draws depend on the seed and the GPU alone: the same call gives the same figures.
-    again = few_shot(fns, pred, train, test, train_w, test_w, shots=(1, 3, 99), draws=3, seed=0)
+    again = few_shot(fns, pred, parts, train, test, train_w, test_w, shots=(1, 3, 99), draws=3, seed=0)
     assert again == (kernel, whole)
 
 
