@@ -179,14 +179,14 @@ def study_name(args, diagram_hash: str, cost_model: str) -> str:
 
 
 def _build(model: str, batch: int, seq: int, dtype: str, target: str, cost_model_spec: str,
-           attention: str = "sdpa"):
+           attention: str = "sdpa", calibration: str | None = None):
     from autotune.space import Space
     from costmodel.models.registry import load_cost_model
     from costmodel.hardware import load_profile
     from costmodel.ir.zoo import capture_model
 
     hw = load_profile(target)
-    cost_model = load_cost_model(cost_model_spec)
+    cost_model = load_cost_model(cost_model_spec, calibration=calibration)
     diagram = capture_model(model, batch, seq, dtype, attention=attention)
     hw.peak(dtype)  # says plainly when the target has no such dtype
     return Space(diagram, hw), cost_model
@@ -204,7 +204,7 @@ def _main(argv: Sequence[str]) -> int:
     storage, lock = open_storage(args.storage, out)
     try:
         space, cost_model = _build(args.model, args.batch, args.seq, args.dtype, args.target,
-                                   args.cost_model, args.attention)
+                                   args.cost_model, args.attention, args.calibration)
         runner = _measure_runner(space.target, args.measure) if args.measure else None
         name = study_name(args, space.diagram.hash, cost_model.key)
         trials = 10**9 if args.time_budget else args.trials
@@ -214,7 +214,7 @@ def _main(argv: Sequence[str]) -> int:
                         attrs={"model": args.model, "batch": args.batch, "seq": args.seq,
                                "dtype": args.dtype, "attention": args.attention,
                                "target": args.target, "cost_model": args.cost_model,
-                               "sampler": args.sampler})
+                               "calibration": args.calibration, "sampler": args.sampler})
     finally:
         if lock is not None:
             lock.release()
@@ -258,7 +258,8 @@ def _worker(argv: Sequence[str]) -> int:
         raise UserError(f"no study {args.study!r} in {redact(args.storage)}; start it with "
                         "autotune --storage URL first") from None
     space, cost_model = _build(attrs["model"], attrs["batch"], attrs["seq"], attrs["dtype"],
-                               attrs["target"], attrs["cost_model"], attrs.get("attention", "sdpa"))
+                               attrs["target"], attrs["cost_model"], attrs.get("attention", "sdpa"),
+                               attrs.get("calibration"))
     study = open_study(args.study, storage, attrs.get("sampler", "tpe"), seed=None)
     fail_stale(study, locked=False)  # trials of a worker that stopped beating
     done = run_trials(study, space, Evaluator(space, cost_model), args.trials,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,6 +59,9 @@ def add_cost_model_arg(p: argparse.ArgumentParser) -> None:
                    help=f"gbdt (the shipped boosted trees), gnn (the shipped graph network), hybrid "
                         f"(their geometric mean), roofline, or a saved model file (default "
                         f"{DEFAULT_COST_MODEL}: the best on unseen GPUs)")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="a calibration of the target made for this cost model (costmodel "
+                        "calibrate): its matmuls and composition as timed there")
 
 
 def add_learning_args(p: argparse.ArgumentParser) -> None:
@@ -149,6 +153,21 @@ def _parser() -> ArgumentParser:
                    help="a folder of Hugging Face config.json files requests may name (default: "
                         "the zoo's models only)")
 
+    p = sub.add_parser("calibrate", help="time a few GEMMs on this machine's GPU and fit a cost model to them")
+    p.add_argument("--runner", default="cuda", choices=RUNNERS,
+                   help="what times the GEMMs: cuda (GPU 0, default), cpu (this host) or fake (no "
+                        "GPU: seeded roofline timings, to try the plumbing)")
+    p.add_argument("--target", default=None,
+                   help="the hardware profile timed (default: the runner's; fake needs one)")
+    p.add_argument("--shots", type=positive_int, default=32, help="GEMMs to time (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="which GEMMs are drawn (default 0)")
+    p.add_argument("--from", dest="source", default=None, metavar="FILE",
+                   help="fit the GEMMs a calibration file timed (no runner), e.g. for another cost model")
+    p.add_argument("--data", default=None, help="release folder (default: the newest release)")
+    p.add_argument("--cost-model", default=DEFAULT_COST_MODEL,
+                   help=f"the cost model to fit (default {DEFAULT_COST_MODEL}; a name or a saved file)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the calibration file to write")
+
     p = sub.add_parser("measure", help="time a model's kernels on this machine into the dataset")
     add_workload_args(p)
     p.add_argument("--target", required=True, choices=RUNNERS,
@@ -200,6 +219,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return _serve(args)
     if args.command in ("train", "eval"):
         return _learn(args)
+    if args.command == "calibrate":
+        return _calibrate(args)
     # Heavy imports wait until the arguments are known to be good.
     if args.command == "predict":
         from costmodel import api
@@ -208,7 +229,7 @@ def _main(argv: Sequence[str] | None) -> int:
         from costmodel.models import load_cost_model
 
         hw = load_profile(args.target)  # a bad target fails before the capture
-        cost_model = load_cost_model(args.cost_model)
+        cost_model = load_cost_model(args.cost_model, calibration=args.calibration)
         plan, plan_doc = (Plan(), None) if args.plan == "eager" else load_plan_file(args.plan)
         result = api.predict(cost_model, args.model, hw, batch=args.batch, seq=args.seq,
                              dtype=args.dtype, attention=args.attention, plan=plan,
@@ -335,11 +356,60 @@ def _learn(args) -> int:
     return 0
 
 
+def _calibrate(args) -> int:
+    from costmodel.data.schema import RELEASES_DIR
+    from costmodel.hardware import load_profile
+    from costmodel.models import calibration as cal
+    from costmodel.models.evaluate import fit_calibration
+    from costmodel.models.registry import load_cost_model
+
+    data = Path(args.data) if args.data else _newest_release(RELEASES_DIR)
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: no folder {out.parent}")
+    model = load_cost_model(args.cost_model)  # a bad model is said before anything is timed
+    if args.source:
+        timed = cal.Calibration.load(args.source)
+    else:
+        if args.runner == "fake":
+            if not args.target:
+                raise UserError("--runner fake times a GPU that is not there: name it with --target")
+            from costmodel.measure.fake import FakeRunner
+
+            be = FakeRunner(hardware=load_profile(args.target).name, seed=args.seed)
+        else:
+            from costmodel.measure import runner
+
+            be = runner(args.runner)
+        found = be.profile()
+        if found is None:
+            raise UserError(f"this {be.hardware} matches no hardware profile (costmodel targets): "
+                            "add one under costmodel/hardware/profiles, then calibrate")
+        if args.target and load_profile(args.target).name != found.name:
+            raise UserError(f"--target {args.target} is not the machine the {args.runner} runner "
+                            f"times ({found.name}): leave --target out, or run this there")
+        from costmodel.measure.gemms import timed as time_gemms
+
+        timed = time_gemms(be, found, cal.draw_shots(data, args.shots, args.seed), seed=args.seed, release=data)
+        timed.save(out)  # the timings first: a fit that fails loses none of them
+        print(f"timed {len(timed.shots)} GEMMs on {found.name}; saved to {out}", file=sys.stderr)
+    fitted = fit_calibration(model, timed, data)
+    fitted.save(out)
+    a, b = fitted.composition
+    print(f"calibrated {model.key} on {fitted.target}: matmuls x {math.exp(fitted.shift):.3f} "
+          f"(median of {fitted.fitted['shots']} GEMMs), whole model = {a:.3f} x kernels + "
+          f"{b * 1e3:.1f} us x launches; saved {out}")
+    if "note" in fitted.made:
+        print(f"warning: {fitted.made['note']}", file=sys.stderr)
+    return 0
+
+
 def _serve(args) -> int:
     from costmodel.serve import make_server
 
     try:
-        server = make_server(args.host, args.port, cost_model=args.cost_model, configs=args.configs)
+        server = make_server(args.host, args.port, cost_model=args.cost_model, configs=args.configs,
+                             calibration=args.calibration)
     except OSError as e:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     host, port = server.server_address[:2]

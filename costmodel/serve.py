@@ -235,11 +235,12 @@ class Server(ThreadingHTTPServer):
 
 
 def make_server(host: str = "127.0.0.1", port: int = 8080, *, cost_model: CostModel | str = DEFAULT_COST_MODEL,
-                configs: str | Path | None = None) -> Server:
+                configs: str | Path | None = None, calibration: str | Path | None = None) -> Server:
     """A server bound to (host, port); port 0 picks a free one (`server.server_address`).
     `configs`: a folder of Hugging Face config.json files requests may name (default none: the
-    zoo's models only)."""
+    zoo's models only); `calibration`: a calibration file for the cost model (`costmodel
+    calibrate`)."""
     if configs is not None and not Path(configs).is_dir():
         raise UserError(f"--configs {str(configs)!r} is not a folder")
-    return Server((host, port), make_handler(Service(load_cost_model(cost_model),
+    return Server((host, port), make_handler(Service(load_cost_model(cost_model, calibration=calibration),
                                                      configs=Path(configs) if configs else None)))

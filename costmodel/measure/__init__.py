@@ -5,6 +5,7 @@
     slicing    a kernel's nodes of an exported model, run alone
     variants   which kernels of a model are measured, and how each can run
     collect    measure(model) and collect(zoo) into the dataset; runner(name)
+    gemms      a calibration's GEMMs timed alone (`costmodel calibrate`)
 """
 from costmodel.measure.collect import RUNNERS, collect, measure, runner
 from costmodel.measure.runner import Result, Runner

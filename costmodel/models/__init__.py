@@ -4,6 +4,7 @@
     roofline   the analytical baseline
     features   a kernel as a PyG graph; learned   what learned models share
     gnn, gbdt  the learned models; train, examples, evaluate: how they learn and are scored
+    calibration  a target's timed GEMMs (`costmodel calibrate`) and the model they calibrate
     registry   load_cost_model("gbdt" (DEFAULT_COST_MODEL) | "gnn" | "hybrid" | "roofline" | PATH)
 """
 from costmodel.models.base import Composition, CostModel, KernelCost, PlanCost

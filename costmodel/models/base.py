@@ -72,6 +72,9 @@ def _fit_scale(totals: np.ndarray, launches: np.ndarray, measured: np.ndarray, b
     return max(float(x @ (1 - b * launches / measured) / (x @ x)), 0.0)
 
 
+MATMULS = ("matmul", "conv")  # the kernel classes a calibration on matmuls scales (`calibration`)
+
+
 def calibration(predicted_ln: np.ndarray, measured_ln: np.ndarray) -> float:
     """ln of the scale that takes a model's kernel times on one target to that target's own: the
     median of measured less predicted ln(ms) over a few of its kernels timed there (a handful

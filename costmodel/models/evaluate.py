@@ -25,16 +25,19 @@ import numpy as np
 from torch_geometric.data import Data
 
 from costmodel.data.loader import hardware_profiles
+from costmodel.data.schema import now
 from costmodel.data.shards import read_table
 from costmodel.errors import UserError
 from costmodel.ir.diagram import Diagram, Subdiagram
+from costmodel.hardware import load_profile
 from costmodel.ir.plan import KernelConfig, eager_partition
-from costmodel.models.base import Composition, calibration
-from costmodel.models.examples import Workload, kernel_class, programs_of, workload_sums
+from costmodel.models.base import MATMULS, Composition, CostModel, calibration
+from costmodel.models.calibration import MIN_SHOTS, Calibration
+from costmodel.models.examples import Workload, kernel_class, model_workloads, programs_of, workload_sums
 from costmodel.models.features import to_data
 from costmodel.models.gbdt import GBDTConfig, GBDTCostModel, roofline_ln
 from costmodel.models.gnn import GNNConfig
-from costmodel.models.train import train
+from costmodel.models.train import train, training_graphs
 
 def mape(pred_ms: np.ndarray, true_ms: np.ndarray) -> float:
     return float(np.mean(np.abs(pred_ms - true_ms) / true_ms))
@@ -69,24 +72,32 @@ def workload_parts(fn: Callable[[Sequence[Data]], np.ndarray], workloads: Sequen
              np.asarray(w.repeats, float)) for w in workloads]
 
 
+def composition_of(parts: Parts, workloads: Sequence[Workload],
+                   shifts: Sequence[float] | None = None) -> Composition:
+    """The composition fitted on `workloads` (their `workload_parts`), each GPU's own scale
+    where they hold enough of its models; with `shifts` (one per workload), each workload's
+    matmul kernels scaled by exp(shift) first: its GPU calibrated (`few_shot`, `calibrate`)."""
+    return Composition.fit(_totals(parts, shifts or [0.0] * len(workloads)), _launches(workloads),
+                           np.array([w.measured_ms for w in workloads]), [w.hardware for w in workloads])
+
+
+def _totals(parts: Parts, shifts: Sequence[float]) -> np.ndarray:
+    return np.array([float(np.exp(ln + shift * mm) @ r) for (ln, mm, r), shift in zip(parts, shifts)])
+
+
+def _launches(workloads: Sequence[Workload]) -> np.ndarray:
+    return np.array([float(sum(w.repeats)) for w in workloads])
+
+
 def composed_mape(train: Parts, test: Parts, train_w: Sequence[Workload], test_w: Sequence[Workload],
                   train_shift: Sequence[float] | None = None, test_shift: float = 0.0) -> float:
-    """Whole-model MAPE on `test_w`, the composition fitted on `train_w` (each GPU's own scale
-    where they hold enough of its models); with shifts (`few_shot`), each side's matmul kernels
-    scaled by exp(shift) first (`train_shift`: one per training workload)."""
+    """Whole-model MAPE on `test_w`, the composition fitted on `train_w` (`composition_of`);
+    with shifts (`few_shot`), each side's matmul kernels scaled by exp(shift) first
+    (`train_shift`: one per training workload)."""
     if not test_w:
         return float("nan")
-
-    def totals(parts: Parts, shifts: Sequence[float]) -> np.ndarray:
-        return np.array([float(np.exp(ln + shift * mm) @ r) for (ln, mm, r), shift in zip(parts, shifts)])
-
-    def launches(ws: Sequence[Workload]) -> np.ndarray:
-        return np.array([float(sum(w.repeats)) for w in ws])
-
-    hardware = [w.hardware for w in train_w]
-    comp = Composition.fit(totals(train, train_shift or [0.0] * len(train_w)), launches(train_w),
-                           np.array([w.measured_ms for w in train_w]), hardware)
-    predicted = comp(totals(test, [test_shift] * len(test_w)), launches(test_w), [w.hardware for w in test_w])
+    comp = composition_of(train, train_w, train_shift)
+    predicted = comp(_totals(test, [test_shift] * len(test_w)), _launches(test_w), [w.hardware for w in test_w])
     return mape(predicted, np.array([w.measured_ms for w in test_w]))
 
 
@@ -144,7 +155,6 @@ class Scores:
 METHODS = ("gnn", "gbdt", "hybrid", "roofline")  # hybrid: the GNN's and the GBDT's mean ln(ms)
 SHOTS = (8, 32)  # a held-out GPU's own matmuls its user times (`few_shot`): a handful, a few more
 DRAWS = 5  # draws of the shots per fold, their scores averaged
-MATMULS = ("matmul", "conv")  # the kernel classes a calibration on matmuls scales
 
 
 def fit_methods(graphs: Sequence[Data], cfg: GNNConfig, methods: Sequence[str] = METHODS, *,
@@ -196,6 +206,16 @@ def _shot_orders(graphs: Sequence[Data], workloads: Sequence[Workload], seed: in
     return [[graphs[i] for i in rng.permutation(pool)[:most]] for _ in range(draws)]
 
 
+def shot_orders(graphs: Sequence[Data], workloads: Sequence[Workload], seed: int, draws: int,
+                most: int) -> dict[str, list[list[Data]]]:
+    """Each GPU with whole models in `workloads` and kernels in `graphs`: its `_shot_orders`."""
+    by_gpu = defaultdict(list)
+    for g in graphs:
+        by_gpu[g.hardware].append(g)
+    return {gpu: _shot_orders(by_gpu[gpu], [w for w in workloads if w.hardware == gpu], seed, draws, most)
+            for gpu in sorted({w.hardware for w in workloads}) if by_gpu.get(gpu)}
+
+
 def few_shot(fns: dict[str, Callable[[Sequence[Data]], np.ndarray]], pred_ln: dict[str, np.ndarray],
              parts: dict[str, tuple[Parts, Parts]], train_graphs: Sequence[Data],
              test_graphs: Sequence[Data], train_w: Sequence[Workload], test_w: Sequence[Workload], *,
@@ -213,12 +233,7 @@ def few_shot(fns: dict[str, Callable[[Sequence[Data]], np.ndarray]], pred_ln: di
     mm = np.array([kernel_class(g) in MATMULS for g in test_graphs], bool)
     test_orders = _shot_orders(test_graphs, test_w, seed, draws, max(shots))
     held = {id(g): i for i, g in enumerate(test_graphs)}
-    by_gpu = defaultdict(list)
-    for g in train_graphs:
-        by_gpu[g.hardware].append(g)
-    train_orders = {gpu: _shot_orders(by_gpu[gpu], [w for w in train_w if w.hardware == gpu], seed,
-                                      draws, max(shots))
-                    for gpu in sorted({w.hardware for w in train_w}) if by_gpu.get(gpu)}
+    train_orders = shot_orders(train_graphs, train_w, seed, draws, max(shots))
     kernel: dict[str, dict[str, float]] = {}
     model: dict[str, dict[str, float]] = {}
     for m, fn in fns.items():
@@ -566,3 +581,51 @@ def format_ranking_table(title: str, rows: dict[str, RankScores]) -> str:
                  + [num(s.top5[m], True) for m in (*methods, "random")])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# -- a calibration fitted as few_shot scores one (`costmodel calibrate`)
+
+
+def ln_function(model: CostModel):
+    """`model`'s ln(ms) of kernel graphs, as the protocol prices them (`fit_methods`)."""
+    from costmodel.models.learned import GraphCostModel
+
+    if isinstance(model, GraphCostModel):
+        return lambda gs: model.predict_ln(gs)[0]
+    if model.name == "roofline":
+        from costmodel.models.gbdt import roofline_ln
+
+        return roofline_ln
+    raise UserError(f"the {model.name} cost model cannot be calibrated: it prices no kernel graphs")
+
+
+def fit_calibration(model: CostModel, cal: Calibration, release: str | Path, *, progress: bool = True) -> Calibration:
+    """`cal` (`costmodel calibrate`'s timed GEMMs) fitted for `model` as `few_shot` scores it:
+    the shift from its shots, the composition from `release`'s whole models, each training GPU
+    calibrated by as many of its own GEMMs as `cal` timed, drawn by `cal`'s seed
+    (`costmodel.models.calibration`)."""
+    from costmodel.data.schema import DATASETS_DIR
+
+    good = [s for s in cal.shots if not s.get("error") and (s.get("measured_ms") or 0) > 0]
+    if len(good) < MIN_SHOTS:
+        errors = sorted({s["error"] for s in cal.shots if s.get("error")})
+        raise UserError(f"{len(good)} of {len(cal.shots)} GEMMs were timed on {cal.target}, fewer than "
+                        f"{MIN_SHOTS}: nothing to calibrate on" + (f" (errors: {'; '.join(errors)[:300]})" if errors else ""))
+    hw = load_profile(cal.target)
+    subs = [Subdiagram.from_record(s["subdiagram"]) for s in good]
+    predicted = np.log(model.predict(subs, hw))
+    shift = calibration(predicted, np.log([s["measured_ms"] for s in good]))
+    if progress:
+        print(f"{len(good)} GEMMs on {hw.name}: measured / predicted, median {np.exp(shift):.3f}; "
+              f"the composition refitted on {release} (minutes the first time)", file=sys.stderr)
+    graphs = training_graphs(release, DATASETS_DIR / "cache", progress=progress)
+    workloads = model_workloads(release)
+    fn = ln_function(model)
+    own = {gpu: calibration(fn(orders[0]), measured_ln(orders[0]))
+           for gpu, orders in shot_orders(graphs, workloads, int(cal.made.get("seed", 0)), 1, len(good)).items()
+           if orders}
+    comp = composition_of(workload_parts(fn, workloads), workloads, [own.get(w.hardware, 0.0) for w in workloads])
+    a, b, how = comp.terms(hw.name)
+    fitted = {"release": Path(release).name, "shots": len(good), "date": now(), "composition_fit": how,
+              "training_gpus": {gpu: round(float(np.exp(s)), 4) for gpu, s in own.items()}}
+    return dataclasses.replace(cal, cost_model=model.key, shift=shift, composition=(a, b), fitted=fitted)

@@ -76,9 +76,19 @@ def default_checkpoint(kind: str = "gnn") -> Path:
     return path
 
 
-def load_cost_model(spec: str | CostModel = DEFAULT_COST_MODEL) -> CostModel:
+def load_cost_model(spec: str | CostModel = DEFAULT_COST_MODEL, *, calibration: str | Path | None = None) -> CostModel:
     """A cost model from a name (`COST_MODELS`: a learned kind loads its shipped checkpoint), a
-    saved file (a roofline's JSON, a learned model's checkpoint), or an instance."""
+    saved file (a roofline's JSON, a learned model's checkpoint), or an instance; with a
+    `calibration` file (`costmodel calibrate`), calibrated on its target (`calibration.Calibrated`)."""
+    model = _load(spec)
+    if calibration is None:
+        return model
+    from costmodel.models.calibration import Calibrated, Calibration
+
+    return Calibrated(model, Calibration.load(calibration))
+
+
+def _load(spec: str | CostModel) -> CostModel:
     if isinstance(spec, CostModel):
         return spec
     if spec == "roofline":

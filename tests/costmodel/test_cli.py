@@ -47,6 +47,33 @@ def test_predict_json_says_which_composition_priced_the_total(capsys):
     assert fits["t4", "roofline"] == {"a": 1.0, "b_us": 0.0, "fit": "none"}
 
 
+def test_predict_prices_a_calibrated_target_with_its_calibration(capsys, tmp_path):
+    """A calibration file of the shipped GBDT on the H100: its matmul kernels x exp(shift), the
+    others as before, the total by its composition; a file for other weights is refused."""
+    import math
+
+    from costmodel.models.calibration import Calibration
+    from costmodel.models.registry import load_cost_model
+
+    key = load_cost_model("gbdt").key
+    path = tmp_path / "h100.json"
+    Calibration("h100-sxm", (), {"runner": "test"}, key, math.log(1.5), (1.1, 2e-3)).save(path)
+    argv = ["predict", "--model", "gpt2", "--seq", "64", "--target", "h100", "--json"]
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--calibration", str(path)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["composition"] == {"a": 1.1, "b_us": 2.0, "fit": "calibrated"}
+    assert doc["total_ms"] == pytest.approx(1.1 * doc["kernels_ms"] + 2e-3 * doc["kernels"])
+    scaled = [s["predicted_ms"] / p["predicted_ms"] for s, p in zip(doc["subdiagrams"], plain["subdiagrams"])]
+    matmul = [s["ops"] in (["matmul"], ["conv"]) for s in doc["subdiagrams"]]
+    assert any(matmul) and not all(matmul)
+    assert all(r == pytest.approx(1.5 if m else 1.0) for r, m in zip(scaled, matmul))
+    Calibration("h100-sxm", (), {}, "gbdt-0000000000", 0.0, (1.0, 0.0)).save(path)
+    assert main([*argv, "--calibration", str(path)]) == 2
+    assert "fitted for cost model gbdt-0000000000" in capsys.readouterr().err
+
+
 def test_attention_is_chosen_and_reported(capsys):
     totals = {}
     for attention in ("sdpa", "eager"):
@@ -77,6 +104,11 @@ def test_predict_text_and_diagram(capsys):
     (["predict", "--model", "bert-base", "--target", "a100", "--batch", "0"], "at least 1"),
     (["predict", "--model", "no/such/config.json", "--target", "a100"], "does not exist"),
     (["predict", "--model", "bert-base", "--target", "t4", "--dtype", "bf16"], "fp16"),
+    (["predict", "--model", "bert-base", "--target", "t4", "--calibration", "no/such.json"], "no calibration file"),
+    (["calibrate", "--runner", "fake", "--out", "t4.json"], "name it with --target"),
+    (["calibrate", "--runner", "cpu", "--target", "h100-sxm", "--out", "h100.json"], "is not the machine"),
+    (["calibrate", "--from", "no/such.json", "--out", "t4.json"], "no calibration file"),
+    (["calibrate", "--runner", "fake", "--target", "t4", "--out", "no/such/t4.json"], "no folder"),
 ])
 def test_user_errors_exit_2_with_one_line(argv, needle):
     r = run(*argv)
