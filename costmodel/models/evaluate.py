@@ -37,6 +37,7 @@ from costmodel.models.examples import Workload, kernel_class, model_workloads, p
 from costmodel.models.features import to_data
 from costmodel.models.gbdt import GBDTConfig, GBDTCostModel, roofline_ln
 from costmodel.models.gnn import GNNConfig
+from costmodel.models.learned import GraphCostModel
 from costmodel.models.train import train, training_graphs
 
 def mape(pred_ms: np.ndarray, true_ms: np.ndarray) -> float:
@@ -157,6 +158,15 @@ SHOTS = (8, 32)  # a held-out GPU's own matmuls its user times (`few_shot`): a h
 DRAWS = 5  # draws of the shots per fold, their scores averaged
 
 
+def ln_function(model: CostModel):
+    """`model`'s ln(ms) of kernel graphs, as the protocols price them (`fit_methods`, `fit_calibration`)."""
+    if isinstance(model, GraphCostModel):
+        return lambda gs: model.predict_ln(gs)[0]
+    if model.name == "roofline":
+        return roofline_ln
+    raise UserError(f"the {model.name} cost model cannot be calibrated: it prices no kernel graphs")
+
+
 def fit_methods(graphs: Sequence[Data], cfg: GNNConfig, methods: Sequence[str] = METHODS, *,
                 gbdt: GBDTConfig | None = None,
                 progress: bool = False) -> dict[str, Callable[[Sequence[Data]], np.ndarray]]:
@@ -164,11 +174,9 @@ def fit_methods(graphs: Sequence[Data], cfg: GNNConfig, methods: Sequence[str] =
     GNN by `cfg`, the GBDT by `gbdt` (default: its own defaults, with `cfg`'s seed)."""
     out: dict[str, Callable[[Sequence[Data]], np.ndarray]] = {}
     if "gnn" in methods:
-        gnn = train(graphs, cfg, progress=progress)
-        out["gnn"] = lambda gs: gnn.predict_ln(gs)[0]
+        out["gnn"] = ln_function(train(graphs, cfg, progress=progress))
     if "gbdt" in methods:
-        trees = GBDTCostModel.fit(graphs, gbdt or GBDTConfig(seed=cfg.seed))
-        out["gbdt"] = lambda gs: trees.predict_ln(gs)[0]
+        out["gbdt"] = ln_function(GBDTCostModel.fit(graphs, gbdt or GBDTConfig(seed=cfg.seed)))
     if "hybrid" in methods:
         if "gnn" not in out or "gbdt" not in out:
             raise ValueError("the hybrid is the GNN's and the GBDT's mean: score both with it")
@@ -584,19 +592,6 @@ def format_ranking_table(title: str, rows: dict[str, RankScores]) -> str:
 
 
 # -- a calibration fitted as few_shot scores one (`costmodel calibrate`)
-
-
-def ln_function(model: CostModel):
-    """`model`'s ln(ms) of kernel graphs, as the protocol prices them (`fit_methods`)."""
-    from costmodel.models.learned import GraphCostModel
-
-    if isinstance(model, GraphCostModel):
-        return lambda gs: model.predict_ln(gs)[0]
-    if model.name == "roofline":
-        from costmodel.models.gbdt import roofline_ln
-
-        return roofline_ln
-    raise UserError(f"the {model.name} cost model cannot be calibrated: it prices no kernel graphs")
 
 
 def fit_calibration(model: CostModel, cal: Calibration, release: str | Path, *, progress: bool = True) -> Calibration:
