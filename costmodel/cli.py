@@ -79,6 +79,9 @@ def add_learning_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", default=None, choices=("measured", "device"),
                    help="what the GBDT learns from: each kernel row as timed (default), or device: "
                         "less the time its source's harness adds to every kernel")
+    p.add_argument("--level", default=None, choices=("none", "tdp"),
+                   help="the GBDT's matmul level per GPU: none (default), or tdp: learnt with each "
+                        "GPU's level off, a target's interpolated in its TDP (under trial)")
     add_guards_arg(p)
 
 
@@ -286,12 +289,14 @@ def _learn(args) -> int:
         overrides["correction"] = None
     cfg = dataclasses.replace(GNNConfig(seed=args.seed), **overrides)
     # the GBDT's own defaults, with the run's seed and whatever inputs, weights and labels were asked for
-    asked = {**overrides, "labels": args.labels}
+    asked = {**overrides, "labels": args.labels, "level": args.level}
     gbdt = dataclasses.replace(GBDTConfig(seed=args.seed), **{
-        k: v for k, v in asked.items() if k in ("hardware", "weight", "labels") and v})
+        k: v for k, v in asked.items() if k in ("hardware", "weight", "labels", "level") and v})
     if args.command == "train":
         if args.labels and args.model == "gnn":
             raise UserError("--labels is the GBDT's (and the hybrid's trees); the gnn learns from the rows as measured")
+        if args.level and args.model == "gnn":
+            raise UserError("--level is the GBDT's (and the hybrid's trees); the gnn learns no level")
         model, path, seconds = train_checkpoint(args.model, data, gbdt if args.model == "gbdt" else cfg,
                                                 Path(args.out) if args.out else CHECKPOINTS,
                                                 gbdt=gbdt, make_default=args.make_default)
@@ -304,6 +309,10 @@ def _learn(args) -> int:
         floors = getattr(model, "trained_on", {}).get("timing_floors_us")
         if floors:
             print("timing floors taken off each row (us): " + ", ".join(f"{k} {v}" for k, v in floors.items()))
+        points = getattr(getattr(model, "levels", None), "points", ())
+        if points:
+            print("models' matmuls by TDP, the fraction of the roofline they run at: "
+                  + ", ".join(f"{10 ** tdp:.0f} W {math.exp(-level):.2f}" for tdp, level in points))
         return 0
     from costmodel.models.evaluate import (
         format_ranking_table,

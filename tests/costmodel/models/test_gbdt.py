@@ -198,3 +198,49 @@ def test_device_labels_train_other_trees(capture):
     assert not np.array_equal(measured.trees.value, device.trees.value)
     tiny = [g for g in graphs if 10 ** float(g.roofline[0, 3]) < 6e-6]
     assert device.predict_ln(tiny)[0].mean() < measured.predict_ln(tiny)[0].mean()
+
+
+def test_a_gpus_matmul_level_is_learnt_and_interpolated_in_its_tdp(capture, tmp_path):
+    """level="tdp": the models' matmuls of a 70 W T4 run at half the roofline, of a 250 W V100
+    at 0.8 of it; the trees, which cannot tell the two apart, learn what is left, and a 75 W P4
+    nobody trained on takes the level between them, a 700 W H100 the V100's."""
+    from costmodel.ir.plan import eager_partition
+    from costmodel.models.base import MATMULS
+    from costmodel.models.gbdt import Levels
+
+    subs = eager_partition(capture("gpt2", 2, 64))
+    slower = {"t4": np.log(2.0), "v100": np.log(1.25)}
+    graphs = []
+    for name, level in slower.items():
+        hw = load_profile(name)
+        for sub in subs:
+            g = features.to_data(sub, hw, None)
+            matmul = len(sub.vertices) == 1 and sub.vertices[0].kind in MATMULS
+            g.y = torch.tensor([float(roofline_ln([g])[0]) + (level if matmul else 0.3)], dtype=torch.float32)
+            g.hardware, g.diagram_hash, g.source = hw.name, "gpt2", "test"
+            graphs.append(g)
+    model = GBDTCostModel.fit(graphs, GBDTConfig(max_iter=40, level="tdp"))
+    (t4_tdp, t4_level), (v100_tdp, v100_level) = model.levels.points
+    assert t4_level == pytest.approx(slower["t4"], abs=1e-6) and v100_level == pytest.approx(slower["v100"], abs=1e-6)
+    assert t4_tdp == pytest.approx(np.log10(70.0), abs=1e-5) and v100_tdp == pytest.approx(np.log10(250.0), abs=1e-5)
+    matmuls = [s for s in subs if len(s.vertices) == 1 and s.vertices[0].kind in MATMULS]
+    assert matmuls and len(matmuls) < len(subs)
+    for name, expected in (("t4", 2.0), ("v100", 1.25), ("h100-sxm", 1.25)):
+        hw = load_profile(name)
+        over = np.exp(model.predict_kernels([(s, None) for s in matmuls], hw)[0]
+                      - roofline_ln([features.to_data(s, hw, None) for s in matmuls]))
+        assert np.allclose(over, expected, rtol=0.05), name
+    p4 = load_profile("p4")
+    kernels = [(s, None) for s in subs]
+    between = np.exp(model.predict_kernels(kernels, p4)[0]
+                     - roofline_ln([features.to_data(s, p4, None) for s in subs]))
+    is_mm = np.array([s in matmuls for s in subs])
+    assert np.all((between[is_mm] > 1.25) & (between[is_mm] < 2.0))
+    assert np.allclose(between[~is_mm], np.exp(0.3), rtol=0.05)  # a level moves matmuls alone
+    graphs_p4 = [features.to_data(s, p4, None) for s in subs]
+    assert np.allclose(model.predict_ln(graphs_p4)[0], model.predict_kernels(kernels, p4)[0], atol=1e-5)
+    model.save(tmp_path / "g.pt")
+    assert GBDTCostModel.load(tmp_path / "g.pt").levels == model.levels
+    assert GBDTCostModel.fit(graphs, GBDTConfig(max_iter=5)).levels == Levels()  # the default learns none
+    with pytest.raises(UserError, match="valid: none, tdp"):
+        GBDTConfig(level="sm")
