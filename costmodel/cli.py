@@ -79,9 +79,10 @@ def add_learning_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", default=None, choices=("measured", "device"),
                    help="what the GBDT learns from: each kernel row as timed (default), or device: "
                         "less the time its source's harness adds to every kernel")
-    p.add_argument("--level", default=None, choices=("none", "tdp"),
-                   help="the GBDT's matmul level per GPU: none (default), or tdp: learnt with each "
-                        "GPU's level off, a target's interpolated in its TDP (under trial)")
+    p.add_argument("--level", default=None, choices=("none", "tdp", "own"),
+                   help="the GBDT's matmul level per GPU: none (default); tdp: learnt with each "
+                        "GPU's level off, a target's interpolated in its TDP; own: a training GPU "
+                        "keeps its own level (trials, README)")
     add_guards_arg(p)
 
 

@@ -33,7 +33,7 @@ from costmodel.models.learned import GraphCostModel
 
 
 FILL = ("none", "tpu", "all")  # which kernels' rows carry `features.machine_fill` (GBDTConfig.fill)
-LEVEL = ("none", "tdp")  # how a GPU's matmul level is told (GBDTConfig.level, `Levels`)
+LEVEL = ("none", "tdp", "own")  # how a GPU's matmul level is told (GBDTConfig.level, `Levels`)
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,13 @@ class GBDTConfig:
     # device labels gave, seed 0, leave one GPU out 13.5% against 13.3% and leave one model
     # family out 7.6% against 7.5%: no better for whole models (README, "Unseen hardware").
     labels: str = "measured"
-    # "tdp": the trees learn each matmul with its GPU's level taken off (`Levels`: how far below
-    # the roofline GPUs of that TDP run their models' matmuls, interpolated between the training
-    # GPUs'), and a prediction adds its target's back. Measured (seed 0, leave one GPU out,
-    # 2026-12-07): whole-model MAPE 14.1% mean against the default's 13.7%, the A100 and T4
-    # better (11.8%, 11.1%), the P100, P4 and V100 worse (16.0%, 16.8%, 14.8%), so not the
-    # default (README, "Unseen hardware").
+    # "tdp" or "own": the trees learn each matmul with its GPU's level taken off (`Levels`: how
+    # far below the roofline the GPU runs its models' matmuls; a GPU nobody trained on takes the
+    # level interpolated in its TDP), and a prediction adds its target's back. Measured by leave
+    # one GPU out (2026-12-07, README "Unseen hardware"): "tdp" 14.1% mean (seed 0; the
+    # default's 13.7%); "own" 13.0% over seeds 0-2 (13.4%), the A100 7.8% (15.7%) and the T4
+    # 9.5% (12.0%) but the P100 15.7% (6.6%) and the P4 16.9% (13.1%), and leave one model
+    # family out 7.7% (6.2%, seed 0): not the default.
     level: str = "none"
     seed: int = 0
 
@@ -89,57 +90,74 @@ def _descriptor_column(key: str) -> int:
     return list(load_profile("a100").descriptor()).index(key)
 
 
+def _fingerprint(descriptor) -> tuple[float, ...]:
+    """A target's descriptors (float32, as its graphs carry them), rounded: which GPU a graph is
+    on where it carries no name (a workload's graphs)."""
+    return tuple(round(float(v), 3) for v in np.asarray(descriptor, dtype=np.float32))
+
+
 @dataclass(frozen=True)
 class Levels:
-    """How far below the roofline GPUs run their models' matmul kernels, by TDP: each training
-    GPU's level is the time-weighted mean ln(measured / roofline) over its whole models' matmul
-    kernels; GPUs of one TDP share their mean, and a GPU of another TDP takes the level
-    interpolated in log TDP (held at the ends of the training range). Power-capped cards (the
-    70 to 75 W P4 and T4) run their models' matmuls at about half the roofline, the 250 W ones at
-    about 0.85. Matmul and conv kernels of a GPU with a TDP are shifted by it; others by 0."""
+    """How far below the roofline GPUs run their models' matmul kernels (`GBDTConfig.level`): each
+    training GPU's level is the time-weighted mean ln(measured / roofline) over its whole models'
+    matmul kernels. "tdp": GPUs of one TDP share their mean, and every GPU takes the level at its
+    TDP, interpolated in log TDP (held at the ends of the training range); "own": a training GPU
+    keeps its own, another GPU takes the interpolated one. Power-capped cards (the 70 to 75 W P4
+    and T4) run their models' matmuls at about half the roofline, the 250 W ones at about 0.87.
+    Matmul and conv kernels of a GPU with a TDP are shifted by it; others by 0."""
 
     points: tuple[tuple[float, float], ...] = ()  # (log10 TDP in watts, level), ascending
+    own: tuple[tuple[tuple[float, ...], float], ...] = ()  # ("own") (`_fingerprint`, level) per GPU
 
     @classmethod
-    def fit(cls, graphs: Sequence[Data], learned: np.ndarray) -> Levels:
-        log_tdp, scaled = cls._rows(graphs)
+    def fit(cls, graphs: Sequence[Data], learned: np.ndarray, kind: str = "tdp") -> Levels:
+        log_tdp, scaled, keys = cls._rows(graphs)
         in_model = np.array([bool(getattr(g, "diagram_hash", "")) for g in graphs], bool)
         excess = learned - roofline_ln(graphs)
-        sums: dict[tuple[str, float], list[float]] = defaultdict(lambda: [0.0, 0.0])
+        sums: dict[tuple[tuple[float, ...], float], list[float]] = defaultdict(lambda: [0.0, 0.0])
         for i in np.flatnonzero(scaled & in_model):
             w = float(np.exp(learned[i]))
-            at = sums[(getattr(graphs[i], "hardware", ""), float(log_tdp[i]))]
+            at = sums[(keys[i], float(log_tdp[i]))]
             at[0] += w * float(excess[i])
             at[1] += w
         by_tdp: dict[float, list[float]] = defaultdict(list)
         for (_, tdp), (num, den) in sums.items():
             by_tdp[tdp].append(num / den)
-        return cls(tuple((tdp, float(np.mean(v))) for tdp, v in sorted(by_tdp.items())))
+        own = tuple(sorted((key, num / den) for (key, _), (num, den) in sums.items())) if kind == "own" else ()
+        return cls(tuple((tdp, float(np.mean(v))) for tdp, v in sorted(by_tdp.items())), own)
 
     @staticmethod
-    def _rows(graphs: Sequence[Data]) -> tuple[np.ndarray, np.ndarray]:
-        """Each graph's log10 TDP and whether a level shifts it (a matmul on a GPU with a TDP)."""
+    def _rows(graphs: Sequence[Data]) -> tuple[np.ndarray, np.ndarray, list[tuple[float, ...]]]:
+        """Each graph's log10 TDP, whether a level shifts it (a matmul on a GPU with a TDP), and
+        its GPU's `_fingerprint`."""
         tdp, gpu = _descriptor_column("log10_tdp_watts"), _descriptor_column("is_gpu")
         log_tdp = np.array([float(g.hw[0, tdp]) for g in graphs])
         scaled = np.array([bool(g.hw[0, gpu] > 0) and examples.kernel_class(g) in MATMULS for g in graphs], bool)
-        return log_tdp, scaled & (log_tdp > 0)
+        return log_tdp, scaled & (log_tdp > 0), [_fingerprint(g.hw[0].numpy()) for g in graphs]
 
-    def at(self, log_tdp: np.ndarray, scaled: np.ndarray) -> np.ndarray:
-        """The ln(ms) shift of each kernel: the level at its log10 TDP where `scaled`, else 0."""
+    def at(self, log_tdp: np.ndarray, scaled: np.ndarray, keys: Sequence[tuple[float, ...]]) -> np.ndarray:
+        """The ln(ms) shift of each kernel where `scaled` (else 0): its GPU's own level where it
+        has one, else the level at its log10 TDP."""
         if not self.points:
             return np.zeros(len(log_tdp))
         x, y = zip(*self.points)
-        return np.where(scaled, np.interp(log_tdp, x, y), 0.0)
+        level = np.interp(log_tdp, x, y)
+        if self.own:
+            own = dict(self.own)
+            level = np.array([own.get(k, v) for k, v in zip(keys, level)])
+        return np.where(scaled, level, 0.0)
 
     def of_graphs(self, graphs: Sequence[Data]) -> np.ndarray:
         return self.at(*self._rows(graphs)) if self.points else np.zeros(len(graphs))
 
     def of_kernels(self, kernels: Sequence[tuple[Subdiagram, KernelConfig | None]],
                    hw: HardwareProfile) -> np.ndarray:
-        log_tdp = hw.descriptor()["log10_tdp_watts"]
+        descriptor = hw.descriptor()
+        log_tdp = descriptor["log10_tdp_watts"]
         scaled = [hw.kind == "gpu" and log_tdp > 0 and len(sub.vertices) == 1 and sub.vertices[0].kind in MATMULS
                   for sub, _ in kernels]
-        return self.at(np.full(len(kernels), log_tdp), np.array(scaled, bool))
+        return self.at(np.full(len(kernels), log_tdp), np.array(scaled, bool),
+                       [_fingerprint(list(descriptor.values()))] * len(kernels))
 
 
 def _row(x: np.ndarray, *graph: np.ndarray) -> np.ndarray:
@@ -327,7 +345,7 @@ class GBDTCostModel(GraphCostModel):
         floors = examples.timing_floors(graphs) if config.labels == "device" else {}
         learned = examples.labels(graphs, config.labels, floors)
         ln = torch.tensor(learned, dtype=torch.float32)
-        levels = Levels.fit(graphs, learned) if config.level == "tdp" else Levels()
+        levels = Levels.fit(graphs, learned, config.level) if config.level != "none" else Levels()
         y = learned - roofline_ln(graphs) - levels.of_graphs(graphs)
         model = HistGradientBoostingRegressor(max_iter=config.max_iter,
                                               learning_rate=config.learning_rate,
@@ -366,7 +384,8 @@ class GBDTCostModel(GraphCostModel):
                     "trees": self.trees.to_dict(), "n_features": self.n_features,
                     "trained_on": self.trained_on, "composition": asdict(self.composition),
                     "hw_range": None if self.hw_range is None else [list(r) for r in self.hw_range],
-                    "levels": [list(p) for p in self.levels.points]},
+                    "levels": [list(p) for p in self.levels.points],
+                    "own_levels": [[list(k), v] for k, v in self.levels.own]},
                    Path(path))
 
     @classmethod
@@ -378,4 +397,5 @@ class GBDTCostModel(GraphCostModel):
         return cls(GBDTConfig(**doc["config"]), Trees.from_dict(doc["trees"]), doc["n_features"],
                    trained_on=doc["trained_on"], composition=Composition(**doc["composition"]),
                    hw_range=None if rng is None else (tuple(rng[0]), tuple(rng[1])),
-                   levels=Levels(tuple(tuple(p) for p in doc.get("levels") or ())))
+                   levels=Levels(tuple(tuple(p) for p in doc.get("levels") or ()),
+                                 tuple((tuple(k), v) for k, v in doc.get("own_levels") or ())))

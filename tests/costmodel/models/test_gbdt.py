@@ -244,3 +244,33 @@ def test_a_gpus_matmul_level_is_learnt_and_interpolated_in_its_tdp(capture, tmp_
     assert GBDTCostModel.fit(graphs, GBDTConfig(max_iter=5)).levels == Levels()  # the default learns none
     with pytest.raises(UserError, match="valid: none, tdp"):
         GBDTConfig(level="sm")
+
+
+def test_own_levels_keep_each_training_gpu_its_own(capture):
+    """level="own": two 250 W GPUs at other levels keep theirs (found by their descriptors, as a
+    workload's graphs carry no name); "tdp" gives them their mean (the trees, which see their
+    roofline terms, may learn the rest)."""
+    from costmodel.ir.plan import eager_partition
+    from costmodel.models.base import MATMULS
+
+    subs = [s for s in eager_partition(capture("gpt2", 2, 64)) if len(s.vertices) == 1 and s.vertices[0].kind in MATMULS]
+    slower = {"t4": np.log(2.0), "v100": np.log(1.25), "a100-pcie-40gb": np.log(1.1)}
+    graphs = []
+    for name, level in slower.items():
+        hw = load_profile(name)
+        for sub in subs:
+            g = features.to_data(sub, hw, None)
+            g.y = torch.tensor([float(roofline_ln([g])[0]) + level], dtype=torch.float32)
+            g.hardware, g.diagram_hash, g.source = hw.name, "gpt2", "test"
+            graphs.append(g)
+    own = GBDTCostModel.fit(graphs, GBDTConfig(max_iter=40, level="own"))
+    shared = GBDTCostModel.fit(graphs, GBDTConfig(max_iter=40, level="tdp"))
+    for name in slower:
+        hw = load_profile(name)
+        nameless = [features.to_data(s, hw, None) for s in subs]  # no .hardware, as a workload's
+        over = np.exp(own.predict_kernels([(s, None) for s in subs], hw)[0] - roofline_ln(nameless))
+        assert np.allclose(over, np.exp(slower[name]), rtol=0.03), name
+        assert np.allclose(own.predict_ln(nameless)[0], own.predict_kernels([(s, None) for s in subs], hw)[0], atol=1e-5)
+    assert not shared.levels.own and len(own.levels.own) == 3
+    assert shared.levels.points == own.levels.points  # by TDP: the 250 W pair's mean
+    assert shared.levels.points[1][1] == pytest.approx((np.log(1.25) + np.log(1.1)) / 2, abs=1e-6)
