@@ -75,6 +75,12 @@ def _fit_scale(totals: np.ndarray, launches: np.ndarray, measured: np.ndarray, b
 MATMULS = ("matmul", "conv")  # the kernel classes a calibration on matmuls scales (`calibration`)
 
 
+def is_matmul(sub) -> bool:
+    """Whether a kernel is one matmul or conv vertex (`MATMULS`), as `examples.kernel_class`
+    tells a kernel graph's class: what a calibration and a GBDT's levels scale; a fused kernel is not."""
+    return len(sub.vertices) == 1 and sub.vertices[0].kind in MATMULS
+
+
 def calibration(predicted_ln: np.ndarray, measured_ln: np.ndarray) -> float:
     """ln of the scale that takes a model's kernel times on one target to that target's own: the
     median of measured less predicted ln(ms) over a few of its kernels timed there (a handful

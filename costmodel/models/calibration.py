@@ -34,17 +34,11 @@ from costmodel.errors import UserError
 from costmodel.hardware import HardwareProfile, load_profile
 from costmodel.ir.diagram import Diagram, Subdiagram
 from costmodel.ir.plan import KernelConfig, Plan
-from costmodel.models.base import MATMULS, CostModel, PlanCost
+from costmodel.models.base import CostModel, PlanCost, is_matmul
 
 SHOTS = 32  # GEMMs timed: the larger of the protocol's `evaluate.SHOTS`
 MIN_SHOTS = 4  # timed without error, or no calibration: a median of fewer is one kernel's luck
 FORMAT = "feyntune-calibration/1"
-
-
-def is_matmul(sub: Subdiagram) -> bool:
-    """Whether a calibration scales this kernel: one matmul or conv vertex (`MATMULS`), as
-    `examples.kernel_class` tells the protocol's kernels; a fused kernel is not scaled."""
-    return len(sub.vertices) == 1 and sub.vertices[0].kind in MATMULS
 
 
 @dataclass(frozen=True)

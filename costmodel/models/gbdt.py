@@ -28,7 +28,7 @@ from costmodel.hardware import HardwareProfile
 from costmodel.ir.diagram import Subdiagram
 from costmodel.ir.plan import KernelConfig
 from costmodel.models import examples, features
-from costmodel.models.base import MATMULS, Composition
+from costmodel.models.base import MATMULS, Composition, is_matmul
 from costmodel.models.learned import GraphCostModel
 
 
@@ -85,6 +85,8 @@ class GBDTConfig:
 
 @functools.cache
 def _descriptor_column(key: str) -> int:
+    """Where a graph's descriptors (`g.hw`: every key of `HardwareProfile.descriptor`, in its
+    order, as `features.hardware_columns` counts them) hold `key`."""
     from costmodel.hardware import load_profile
 
     return list(load_profile("a100").descriptor()).index(key)
@@ -152,10 +154,11 @@ class Levels:
 
     def of_kernels(self, kernels: Sequence[tuple[Subdiagram, KernelConfig | None]],
                    hw: HardwareProfile) -> np.ndarray:
+        if not self.points:  # the default: no level, nothing to look up
+            return np.zeros(len(kernels))
         descriptor = hw.descriptor()
         log_tdp = descriptor["log10_tdp_watts"]
-        scaled = [hw.kind == "gpu" and log_tdp > 0 and len(sub.vertices) == 1 and sub.vertices[0].kind in MATMULS
-                  for sub, _ in kernels]
+        scaled = [hw.kind == "gpu" and log_tdp > 0 and is_matmul(sub) for sub, _ in kernels]
         return self.at(np.full(len(kernels), log_tdp), np.array(scaled, bool),
                        [_fingerprint(list(descriptor.values()))] * len(kernels))
 
@@ -171,7 +174,7 @@ def _row(x: np.ndarray, *graph: np.ndarray) -> np.ndarray:
 @functools.cache
 def _tpu_column() -> int:
     """Where a descriptor says the hardware is a TPU."""
-    return features.hardware_columns("none")[features.KINDS_ONLY.index("is_tpu")]
+    return _descriptor_column("is_tpu")
 
 
 def _reads_fill(fill: str, on_tpu: bool) -> bool:
