@@ -9,7 +9,9 @@
 Times are milliseconds; `spread` is the std of ln(ms) over a learned model's ensemble (0 where
 it has none); `composition` {"a", "b_us", "fit"} is how the kernels add up: total_ms = a *
 kernels_ms + b_us / 1000 * launches (`kernels`, or none when the plan replays a CUDA graph), and
-"fit" says whose whole models gave a ("own": the target's, "pooled": every measured GPU's;
+"fit" says whose whole models gave a ("own": the target's; "median": the median of the measured
+GPUs' own scales, for a target nobody measured; "pooled": every measured GPU's, where fewer GPUs
+have a scale of their own;
 "calibrated": a calibration file's, `costmodel calibrate`; "none": the roofline's plain sum);
 `warnings` say when the target lies outside the hardware a learned model saw, or the plan was
 made for another target.

@@ -305,8 +305,10 @@ def _learn(args) -> int:
               f"{seconds:.0f} s; whole model = {model.composition.a:.3f} x kernels + "
               f"{model.composition.b * 1e3:.1f} us x launches; saved {path}")
         if model.composition.own:
+            a, how = model.composition.unseen
             print("each GPU's own scale (a, with that b): "
-                  + ", ".join(f"{k} {a:.3f}" for k, a in model.composition.own.items()))
+                  + ", ".join(f"{k} {a:.3f}" for k, a in model.composition.own.items())
+                  + f"; a GPU nobody measured: {a:.3f} ({how})")
         floors = getattr(model, "trained_on", {}).get("timing_floors_us")
         if floors:
             print("timing floors taken off each row (us): " + ", ".join(f"{k} {v}" for k, v in floors.items()))

@@ -72,6 +72,27 @@ def test_composition_scales_each_target_with_enough_models_of_its_own():
     assert c(totals[7:], launches[7:], ["p4", "h100"]) == pytest.approx(pooled(totals[7:], launches[7:]))
 
 
+def test_a_target_nobody_measured_takes_the_median_of_the_targets_own_scales():
+    # Four GPUs, one (a100) with many models whose kernels sum to more than its runs: the pooled
+    # a leans to it, the median of the four scales does not, and counts each GPU once.
+    rng = np.random.default_rng(1)
+    scale = {"a100": 0.8, "p100": 1.0, "t4": 1.05, "v100": 1.1}
+    hardware = ["a100"] * 10 + ["p100"] * 3 + ["t4"] * 3 + ["v100"] * 3
+    totals, launches = rng.uniform(10, 1000, len(hardware)), rng.integers(100, 1000, len(hardware)).astype(float)
+    measured = np.array([scale[h] for h in hardware]) * totals + 0.01 * launches
+    c = Composition.fit(totals, launches, measured, hardware)
+    median = float(np.median([c.own[h] for h in scale]))
+    assert c.own == pytest.approx(scale, rel=3e-3) and median == pytest.approx(1.025, rel=3e-3)
+    assert c.a < 0.95  # the pooled fit, pulled by the a100's ten models
+    assert c.unseen == (pytest.approx(median), "median") and c.terms("h100") == (c.unseen[0], c.b, "median")
+    assert c(totals[:1], launches[:1], ["h100"])[0] == pytest.approx(median * totals[0] + c.b * launches[0])
+    assert c(totals[:1], launches[:1])[0] == pytest.approx(median * totals[0] + c.b * launches[0])
+    # Fewer than MIN_MEDIAN scales of their own: the pooled fit.
+    two = [h if h in ("a100", "p100") else "" for h in hardware]
+    few = Composition.fit(totals, launches, measured, [h or f"gpu{i}" for i, h in enumerate(two)])
+    assert len(few.own) == 2 and few.terms("h100") == (few.a, few.b, "pooled")
+
+
 @pytest.mark.skipif(not RELEASE.is_dir(), reason="release 0.1 is not in this checkout")
 def test_neusight_workloads_are_whole_models():
     workloads = model_workloads(RELEASE)
