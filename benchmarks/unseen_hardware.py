@@ -336,7 +336,7 @@ def _targets(runs: list[dict], shipped: dict, floor: dict | None = None) -> list
 
 def _rescored(meta: dict) -> str:
     """The report's note on parts computed again after the run (the shipped rows, the
-    kernels-as-measured columns), if any were."""
+    kernels-as-measured columns, the ranking), if any were."""
     parts = []
     again = meta.get("shipped_rescored")
     if again:
@@ -347,6 +347,9 @@ def _rescored(meta: dict) -> str:
     if again:
         parts.append(f"the kernels-as-measured columns: `{again['command']}` computed them again "
                      f"on {again['date']}")
+    again = meta.get("ranking_recomputed")
+    if again:
+        parts.append(f"the ranking tables: `{again['command']}` scored them again on {again['date']}")
     return f", except {'; and '.join(parts)}" if parts else ""
 
 
@@ -376,6 +379,12 @@ def render(runs: list[dict], shipped: dict, meta: dict,
     lines += _h100_tables(runs, shipped)
     lines += _ranking_table(runs)
     return "\n".join(lines)
+
+
+def _configs(run: dict) -> tuple[GNNConfig, GBDTConfig]:
+    """A run's GNN and GBDT configs, from its raw results."""
+    gnn = {k: tuple(v) if isinstance(v, list) else v for k, v in run["config"].items()}
+    return GNNConfig(**gnn), GBDTConfig(**run["gbdt_config"])
 
 
 def _stamp(argv) -> dict[str, str]:
@@ -416,7 +425,13 @@ def main(argv=None) -> int:
                         help="with --render: compute the kernels-as-measured columns again from "
                              "--release (no training: they depend on no seed), keep the run's folds, "
                              "and write the JSON and the report")
+    parser.add_argument("--rerank", action="store_true",
+                        help="with --render: score each run's ranking again (its seed and configs; "
+                             "minutes: the ranking's models are trained again), keep its other folds, "
+                             "and write the JSON and the report")
     args = parser.parse_args(argv)
+    if args.rerank and not args.render:
+        parser.error("--rerank recomputes a run's report: give the run's JSON with --render")
     if args.rescore_shipped and not args.render:
         parser.error("--rescore-shipped rescores a run's report: give the run's JSON with --render")
     if args.refloor and not args.render:
@@ -438,7 +453,17 @@ def main(argv=None) -> int:
             doc["floor"] = ev.composition_floor(training_graphs(release, DATASETS_DIR / "cache", progress=False),
                                                 model_workloads(release))
             doc["meta"]["floor_recomputed"] = _stamp(argv)
-        if args.rescore_shipped or args.refloor:
+        if args.rerank:
+            release = Path(args.release)
+            graphs = training_graphs(release, DATASETS_DIR / "cache", progress=False)
+            groups = ev.ranking_groups(release)
+            for run in doc["runs"]:
+                cfg, gbdt_cfg = _configs(run)
+                _say(f"seed {cfg.seed}: ranking")
+                run["ranking"] = {k: v.to_dict() for k, v in ev.ranking(
+                    graphs, groups, cfg=cfg, gbdt=gbdt_cfg, methods=tuple(run["methods"]), progress=False).items()}
+            doc["meta"]["ranking_recomputed"] = _stamp(argv)
+        if args.rescore_shipped or args.refloor or args.rerank:
             raw.write_text(json.dumps(doc, indent=1, default=str) + "\n")
         out.write_text(render(doc["runs"], doc["shipped"], doc["meta"], raw, doc.get("floor")) + "\n")
         print(f"wrote {out} from {raw}")

@@ -58,6 +58,8 @@ class GBDTConfig:
     # a TPU's kernels alone, the default (2026-12-07, three seeds against "none", README
     # "Unseen hardware"): TpuGraphs' tile ranking tau 0.65 (0.54), top-5 slowdown 2.6% (19.9%;
     # random 14.9%), leave one GPU out 13.4% (13.4%), leave one model family out 6.2% (6.2%).
+    # (Those top-5 figures broke tied predictions by the sort's whim; with ties as every order,
+    # `evaluate.top_k_error` since 2026-12-08, "tpu" scores 9.5% against a random order's 14.9%.)
     fill: str = "tpu"
     # What it learns from (examples.LABELS): each kernel row as its source timed it, or "device",
     # less the time the source's harness adds to every kernel (examples.timing_floors). Measured:

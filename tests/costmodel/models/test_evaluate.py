@@ -27,6 +27,15 @@ def test_metrics_by_hand():
     # The model's top pick measured 12 where the best is 10: 20% worse.
     assert top_k_error([0.1, 0.2, 0.3], [12.0, 10.0, 11.0], 1) == pytest.approx(0.2)
     assert top_k_error([0.1, 0.2, 0.3], [12.0, 10.0, 11.0], 2) == 0
+    # Predictions tied across the k-th place count as every order of the tied configs: all tied
+    # is a random order; one sure pick and two of three tied, the expectation over the three.
+    true = [20.0 + i for i in range(40)]
+    true[6] = 10.0
+    assert top_k_error([1.0] * 40, true, 5) == pytest.approx(random_top_k_error(true, 5))
+    assert top_k_error([1.0] * 6 + [0.5] + [1.0] * 33, true, 1) == 0
+    # [0.1 sure: 12], then 10 and 11 and 13 tied for the two places left: 10 is drawn 2/3 of
+    # the time, else 11 (the best of 11 and 13): error (2/3 * 0 + 1/3 * 1) / 10.
+    assert top_k_error([0.1, 0.2, 0.2, 0.2], [12.0, 10.0, 11.0, 13.0], 3) == pytest.approx(1 / 30)
 
 
 def test_composition_recovers_overheads():
