@@ -73,7 +73,7 @@ def unseen_errors(totals: np.ndarray, launches: np.ndarray, measured: np.ndarray
     t, n, m = test
     comp = Composition.fit(totals, launches, measured, hardware)
     scales = np.array(list(comp.own.values()))
-    a = {"GPU median": float(np.median(scales)), "pooled": comp.a,
+    a = {"GPU median": comp.unseen[0], "pooled": comp.a,
          "GPU mean": float(np.exp(np.log(scales).mean())), "a = 1": 1.0}
     out = {way: (a[way] * t + comp.b * n) / m - 1 for way in a}
     out["none"] = t / m - 1
@@ -91,7 +91,7 @@ def leave_one_gpu_out(graphs, workloads, method: str, cfg: GNNConfig) -> None:
         fn = measured_ln if method == "measured" else fit_methods(
             [g for g in graphs if g.hardware != gpu], cfg, [method])[method]
         err, comp = unseen_errors(*workload_sums(fn, train_w), [w.hardware for w in train_w],
-                            workload_sums(fn, test_w))
+                                  workload_sums(fn, test_w))
         cells = []
         for way in UNSEEN_WAYS:
             means[way].append(float(np.mean(np.abs(err[way]))))

@@ -61,9 +61,10 @@ def top_k_error(pred: Sequence[float], true: Sequence[float], k: int) -> float:
     """(best measured among the k predicted fastest - true best) / true best. Where predictions
     tie across the k-th place (a tree model's often do), the expectation over every order of the
     tied configs (`_expected_best`): a tie tells nothing, and breaking it by position would score
-    the configs' order, not the model; numpy's default sort broke such ties by whichever kernel
-    the CPU dispatches to (the report's top-5 slowdown of TpuGraphs' tiles read 2.6% on
-    2026-12-07 and 15.0% on 2026-12-08, Kendall's tau the same to the last digit)."""
+    the configs' order, not the model; numpy's default sort broke such ties differently from one
+    day's machine to the next, likely by the sort kernel it dispatches to (the report's top-5
+    slowdown of TpuGraphs' tiles read 2.6% on 2026-12-07 and 15.0% in a run of 2026-12-08
+    before this, Kendall's tau the same to the last digit)."""
     pred, true = np.asarray(pred, float), np.asarray(true, float)
     k = min(k, len(pred))
     cut = np.sort(pred)[k - 1]
