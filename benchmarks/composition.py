@@ -30,6 +30,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # before the learned models' imports run torch (`numerics`)
+    from costmodel.models import numerics
+
+    if not numerics.pin():
+        print(numerics.unpinned(), file=sys.stderr)
 
 from costmodel.data.schema import DATASETS_DIR  # noqa: E402
 from costmodel.models.base import MIN_OWN, Composition, _fit_ab, _fit_scale  # noqa: E402

@@ -44,6 +44,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # before the learned models' imports run torch (`numerics`)
+    from costmodel.models import numerics
+
+    if not numerics.pin():
+        print(numerics.unpinned(), file=sys.stderr)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.gpu_holdout import holdout_kernels, holdout_workloads, whole_model_predictions  # noqa: E402
@@ -55,7 +60,7 @@ from costmodel.models.gbdt import GBDTConfig, GBDTCostModel  # noqa: E402
 from costmodel.models.gnn import GNNConfig  # noqa: E402
 from costmodel.models.hybrid import HybridCostModel  # noqa: E402
 from costmodel.models.registry import DEFAULT_COST_MODEL, defaults, load_cost_model  # noqa: E402
-from costmodel.models.train import fit_composition, train, training_graphs  # noqa: E402
+from costmodel.models.train import environment, fit_composition, train, training_graphs  # noqa: E402
 
 METHODS = ("gnn", "gbdt", "hybrid", "roofline")
 H100 = "h100-sxm"
@@ -356,7 +361,9 @@ def _rescored(meta: dict) -> str:
 def render(runs: list[dict], shipped: dict, meta: dict,
            raw: Path = Path("reports/unseen-hardware.json"), floor: dict | None = None) -> str:
     lines = ["# Predictions on hardware and models the cost models never saw", "",
-             f"Made by `{meta['command']}` on {meta['machine']}, {meta['date']}, in {meta['minutes']:.0f} "
+             f"Made by `{meta['command']}` on {meta['machine']}"
+             + (f" ({meta['environment']['cpu']}: `numerics.pin`)" if "environment" in meta else "")
+             + f", {meta['date']}, in {meta['minutes']:.0f} "
              f"minutes. Every number below comes from that one run (raw results: `{raw.as_posix()}`)"
              + _rescored(meta) + ".", "",
              f"Evaluation configs (seeds {', '.join(str(r['config']['seed']) for r in runs)}; methods "
@@ -487,7 +494,8 @@ def main(argv=None) -> int:
     shipped = holdout({m: load_cost_model(m) for m in methods if m == "roofline" or _shipped(m)},
                       Path(args.data))
     meta = {**_stamp(argv),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU", "minutes": (time.time() - start) / 60}
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU", "minutes": (time.time() - start) / 60,
+            "environment": environment()}
     # the raw results first: a report that fails to render can be rendered again from them
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs, "shipped": shipped, "floor": floor},
                                                    indent=1, default=str) + "\n")

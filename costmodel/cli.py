@@ -275,6 +275,9 @@ def _prediction_text(result: dict, top: int) -> str:
 def _learn(args) -> int:
     import dataclasses
 
+    from costmodel.models import numerics
+
+    pinned = numerics.pin()  # before the learned models' imports run torch
     from costmodel.data.schema import DATASETS_DIR, RELEASES_DIR
     from costmodel.models.gbdt import GBDTConfig
     from costmodel.models.gnn import GNNConfig
@@ -316,6 +319,8 @@ def _learn(args) -> int:
         if points:
             print("models' matmuls by TDP, the fraction of the roofline they run at: "
                   + ", ".join(f"{10 ** tdp:.0f} W {math.exp(-level):.2f}" for tdp, level in points))
+        if not pinned:
+            print(numerics.unpinned(), file=sys.stderr)
         return 0
     from costmodel.models.evaluate import (
         format_ranking_table,
@@ -342,6 +347,8 @@ def _learn(args) -> int:
         raise UserError(f"--shots {args.shots!r}: give counts of kernels above 0, comma-separated "
                         "(8,32), or '' for none")
     graphs = training_graphs(data, DATASETS_DIR / "cache")  # minutes the first time: after the checks
+    if not pinned:
+        print(numerics.unpinned(), file=sys.stderr)
     if args.protocol == "ranking":
         ranked = ranking(graphs, ranking_groups(data), cfg=cfg, gbdt=gbdt, methods=methods)
         if args.json:

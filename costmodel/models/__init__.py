@@ -4,6 +4,7 @@
     roofline   the analytical baseline
     features   a kernel as a PyG graph; learned   what learned models share
     gnn, gbdt  the learned models; train, examples, evaluate: how they learn and are scored
+    numerics   the CPU kernels and threads training runs on, pinned (`numerics.pin`)
     calibration  a target's timed GEMMs (`costmodel calibrate`) and the model they calibrate
     registry   load_cost_model("gbdt" (DEFAULT_COST_MODEL) | "gnn" | "hybrid" | "roofline" | PATH)
 """

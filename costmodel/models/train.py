@@ -26,7 +26,7 @@ from costmodel.data.loader import fingerprint
 from costmodel.data.schema import DATASETS_DIR
 from costmodel.data.shards import table_files
 from costmodel.errors import UserError
-from costmodel.models import features
+from costmodel.models import features, numerics
 from costmodel.models.base import Composition
 from costmodel.models.examples import KernelDataset, model_workloads, workload_sums
 from costmodel.models.gbdt import GBDTConfig, GBDTCostModel
@@ -121,13 +121,15 @@ def fit_composition(model: GraphCostModel, data: str | Path) -> Composition:
 
 
 def environment() -> dict[str, str]:
-    """The versions a training's weights depend on, which a checkpoint records: the same data,
-    config and seed in another set-up can train other weights (a GNN retrained in a fresh install
-    on 2026-12-03 did: README), so a checkpoint says what it was made with."""
+    """The versions and CPU kernels (`numerics`) a training's weights depend on, which a
+    checkpoint records: the same data, config and seed in another set-up can train other weights
+    (a GNN retrained in a fresh install on 2026-12-03 did: README), so a checkpoint says what it
+    was made with."""
     from importlib import metadata
 
     return {"python": platform.python_version(),
-            **{p: metadata.version(p) for p in ("torch", "torch_geometric", "numpy", "scikit-learn")}}
+            **{p: metadata.version(p) for p in ("torch", "torch_geometric", "numpy", "scikit-learn")},
+            "cpu": numerics.described()}
 
 
 def train_checkpoint(kind: str, data: Path, cfg: GNNConfig | GBDTConfig, out: Path, *,

@@ -146,7 +146,8 @@ def test_a_checkpoint_records_the_versions_it_was_trained_with():
     env = environment()
     assert env["python"] == platform.python_version() and env["torch"] == torch.__version__
     assert env["scikit-learn"] == sklearn.__version__ and env["numpy"] == metadata.version("numpy")
-    assert set(env) == {"python", "torch", "torch_geometric", "numpy", "scikit-learn"}
+    assert set(env) == {"python", "torch", "torch_geometric", "numpy", "scikit-learn", "cpu"}
+    assert f"{torch.get_num_threads()} threads" in env["cpu"]
 
 
 def _timed(roofline_us: float, measured_us: float, source: str, hardware: str = "t4"):
