@@ -26,7 +26,7 @@ def pin() -> bool:
     """Run torch on `KERNELS` (where the environment names none of its own) and `THREADS`
     threads. True where torch runs those kernels; False where torch ran before (its choice was
     made), the CPU lacks them, or the machine is not x86-64 (whose kernels are its own): a
-    command then prints `UNPINNED` beside its results."""
+    command then prints `unpinned()` beside its results."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     for key, value in KERNELS.items():
